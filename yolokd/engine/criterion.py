@@ -1,0 +1,88 @@
+"""The KD criterion: the student's own detection loss plus the method's distillation terms.
+
+It is installed as ``student.criterion`` once the trainer has built the EMA, so the student stays a plain Ultralytics
+``DetectionModel``: the EMA, ``last.pt``/``best.pt`` and every exporter see no yolokd object. The features come from the
+head outputs themselves (``preds["feats"]`` are the Detect inputs), so no forward hooks are attached to the student.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from yolokd.methods.base import KDBatch, KDMethod, reduce_terms
+
+
+def head_feats(raw: dict[str, Any]) -> list[Tensor]:
+    """Detect inputs (P3, P4, P5) from a raw head output; end-to-end heads keep them under ``one2many``."""
+    return list(raw["one2many"]["feats"] if "one2many" in raw else raw["feats"])
+
+
+class KDCriterion:
+    """Callable like an Ultralytics criterion: ``(preds, batch) -> (loss vector, loss items)``.
+
+    Attributes:
+        det: The student's detection criterion (``v8DetectionLoss`` or the end-to-end variant).
+        teacher: The frozen teacher (eval mode, no gradients); never a submodule of the student.
+        method: The distillation method; its parameters are optimised by the trainer.
+    """
+
+    def __init__(self, det: Any, teacher: nn.Module | None, method: KDMethod) -> None:
+        """Wrap the student's detection criterion."""
+        self.det = det
+        self.teacher = teacher
+        self.method = method
+        self.term_names = tuple(method.term_names)
+
+    def __deepcopy__(self, memo: dict) -> None:
+        """EMA copies of the student get no criterion (they build a plain one): they must never carry the teacher."""
+        return None
+
+    def __reduce__(self):
+        """Pickling a training student drops the criterion too (``None``), so no file can reference yolokd."""
+        return type(None), ()
+
+    def __getattr__(self, name: str) -> Any:
+        """Delegate everything else (``update``, ``hyp``, ``assigner``, ...) to the detection criterion."""
+        if name.startswith("__") or name == "det":
+            raise AttributeError(name)
+        return getattr(self.det, name)
+
+    def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Detection loss, plus the KD terms when the student is training (raw dict outputs, grad enabled)."""
+        det_loss, items = self.det(preds, batch)
+        if isinstance(preds, tuple) or not torch.is_grad_enabled():  # validation: report zeros for the KD columns
+            zeros = det_loss.new_zeros(len(self.term_names))
+            return torch.cat([det_loss, zeros]), {**items, **{f"{k}_loss": z for k, z in zip(self.term_names, zeros)}}
+        kd_loss, kd_items = self.kd_terms(preds, batch)
+        return torch.cat([det_loss, kd_loss.to(det_loss.dtype)]), {**items, **kd_items}
+
+    def kd_terms(self, preds: dict[str, Any], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run the teacher on the same augmented images and reduce the method's terms, all in fp32."""
+        img = batch["img"]
+        if not self.term_names:
+            return img.new_zeros(0), {}
+        s_feats = head_feats(preds)
+        t_raw = None
+        t_feats: list[Tensor] = []
+        if self.method.uses_teacher:
+            with torch.no_grad():
+                t_out = self.teacher(img)
+            t_raw = t_out[1] if isinstance(t_out, tuple) else t_out
+            t_feats = [f.detach().float() for f in head_feats(t_raw)]
+        # fp32 even under AMP: the sums over N*C*H*W elements overflow fp16 (methods.md §6.8)
+        with torch.autocast(device_type=img.device.type, enabled=False):
+            kd = KDBatch(
+                student_feats=[f.float() for f in s_feats],
+                teacher_feats=t_feats,
+                batch=batch,
+                teacher_preds=t_raw if "teacher_preds" in self.method.needs else None,
+                student_preds=preds if "student_preds" in self.method.needs else None,
+            )
+            terms = self.method(kd)
+            if tuple(terms) != self.term_names:
+                raise RuntimeError(f"method '{self.method.name}' returned terms {tuple(terms)}, "
+                                   f"declared {self.term_names}")
+            return reduce_terms(terms, kd.batch_size)

@@ -1,0 +1,152 @@
+"""Resolving, loading and checking teacher and student models.
+
+Everything here reads the models' own Detect heads, so any Ultralytics detection family (v8, 11, 26, and
+cross-family pairs) is supported without per-architecture tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from yolokd.utils.offline import offline
+
+
+class KDConfigError(ValueError):
+    """Teacher, student and data do not fit together; raised before any training starts."""
+
+
+def resolve_model(name: str | Path, role: str) -> str:
+    """Turn a user's model argument into a local ``.pt`` path or a model ``.yaml`` name.
+
+    Bare names get ``.pt`` (``yolov8x`` -> ``yolov8x.pt``), as Ultralytics does. A ``.pt`` that does not exist locally is
+    an immediate error while offline (the default); with ``YOLO_OFFLINE=0`` Ultralytics downloads official weights.
+
+    Args:
+        name: Path, bare model name, or model YAML.
+        role: ``teacher`` or ``student``, for the error message.
+    """
+    s = str(name)
+    if not s:
+        raise KDConfigError(f"{role}= is empty: pass a checkpoint (.pt) or a model YAML, e.g. {role}=yolov8n.yaml")
+    p = Path(s).expanduser()
+    if p.suffix in {".yaml", ".yml"}:
+        return str(p) if p.exists() else s  # a bundled Ultralytics model YAML such as yolov8n.yaml
+    if p.suffix == "":
+        p = p.with_suffix(".pt")
+    if p.suffix != ".pt":
+        raise KDConfigError(f"{role}={s}: expected a .pt checkpoint or a model .yaml")
+    if p.exists():
+        return str(p.resolve())
+    from ultralytics.utils import SETTINGS
+
+    in_weights_dir = Path(SETTINGS.get("weights_dir", "weights")) / p.name
+    if in_weights_dir.exists():
+        return str(in_weights_dir.resolve())
+    if offline():
+        raise FileNotFoundError(
+            f"{role} weights '{p}' not found (looked in the working directory and in {in_weights_dir.parent}). "
+            f"yolokd runs offline and never downloads: pass a local file ({role}=/path/to/{p.name}), or a model YAML "
+            f"to start from random weights ({role}={p.stem}.yaml), or set YOLO_OFFLINE=0 to let Ultralytics download "
+            f"official weights on a machine with internet."
+        )
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    return str(attempt_download_asset(p.name))
+
+
+def detect_head(model: nn.Module) -> nn.Module:
+    """The model's Detect head (last layer); fails clearly for non-detection models."""
+    from ultralytics.nn.modules.head import Detect
+
+    head = model.model[-1] if hasattr(model, "model") else None
+    if not isinstance(head, Detect):
+        raise KDConfigError(f"{type(model).__name__} has no Detect head: yolokd distils detection models only")
+    return head
+
+
+def head_channels(model: nn.Module) -> list[int]:
+    """Widths of the tensors that feed Detect (P3, P4, P5 for standard heads), read from the head's first convs."""
+    head = detect_head(model)
+    return [int(branch[0].conv.in_channels) for branch in head.cv2]
+
+
+def head_strides(model: nn.Module) -> list[int]:
+    """Strides of the Detect levels."""
+    return [int(s) for s in detect_head(model).stride.tolist()]
+
+
+def is_end2end(model: nn.Module) -> bool:
+    """True for heads with a one2one branch (YOLO26-style), which the teacher keeps unfused."""
+    return getattr(detect_head(model), "one2one_cv2", None) is not None
+
+
+def load_teacher(path: str, data: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    """Load the teacher, freeze it and put it in eval mode.
+
+    A ``.pt`` keeps its trained classes (checked against the data by ``check_compatible``); a ``.yaml`` builds a
+    randomly initialised teacher for the data's classes (useful for tests and smoke runs only).
+    """
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    if str(path).endswith((".yaml", ".yml")):
+        teacher = DetectionModel(path, nc=data["nc"], ch=data.get("channels", 3), verbose=False)
+        teacher.names = dict(data["names"])
+    else:
+        teacher = load_checkpoint(path)[0]
+    teacher = teacher.float().to(device).eval()
+    teacher.requires_grad_(False)
+    if not is_end2end(teacher):  # fusing a YOLO26 head would drop the one2many branch the scores come from
+        teacher = teacher.fuse(verbose=False)
+    return teacher
+
+
+def check_compatible(
+    teacher: nn.Module, data: dict[str, Any], teacher_src: str, student: nn.Module | None = None
+) -> None:
+    """Teacher, student and data must agree on classes, input channels and strides; fail early and say how to fix it.
+
+    The student always adopts the dataset's classes (Ultralytics builds its head for ``data``), so classes are checked
+    between teacher and data; channels for both models; strides between teacher and student once the student exists.
+    """
+    names = {int(k): v for k, v in dict(data["names"]).items()}
+    t_names = {int(k): v for k, v in dict(getattr(teacher, "names", {}) or {}).items()}
+    t_nc = int(detect_head(teacher).nc)
+    if t_nc != len(names):
+        raise KDConfigError(
+            f"teacher has {t_nc} classes but the dataset has {len(names)} "
+            f"(teacher: {_short(t_names)}; data: {_short(names)}). A teacher distils only the classes it was trained "
+            f"on, so fine-tune it on this dataset first. Two-step recipe: (1) `yolo train model={teacher_src} "
+            f"data=<your data.yaml>` and (2) `yolokd train teacher=runs/detect/train/weights/best.pt ...`; or in one "
+            f"command add teacher_epochs=N (e.g. teacher_epochs=50): yolokd fine-tunes the teacher for N epochs, "
+            f"caches it, reports its mAP, then distils."
+        )
+    if t_names and t_names != names:
+        raise KDConfigError(
+            f"teacher class names {_short(t_names)} differ from the dataset's {_short(names)}: same count, different "
+            f"labels or order. Fine-tune the teacher on this dataset (teacher_epochs=N) or fix the data YAML's names."
+        )
+    ch_data = int(data.get("channels", 3))
+    t_ch = int(teacher.yaml.get("channels", 3)) if hasattr(teacher, "yaml") else 3
+    if t_ch != ch_data:
+        raise KDConfigError(f"teacher takes {t_ch} input channels but the dataset has {ch_data}")
+    if student is None:
+        return
+    s_ch = int(student.yaml.get("channels", 3)) if hasattr(student, "yaml") else 3
+    if s_ch != ch_data:
+        raise KDConfigError(f"student takes {s_ch} input channels but the dataset has {ch_data}")
+    ts, ss = head_strides(teacher), head_strides(student)
+    if ts != ss:
+        raise KDConfigError(
+            f"teacher Detect strides {ts} differ from the student's {ss}: features are matched level by level at "
+            f"the same stride, so choose a teacher and student with the same detection levels (e.g. both P3-P5)."
+        )
+
+
+def _short(names: dict[int, str], k: int = 4) -> str:
+    """First few class names, for error messages."""
+    items = [f"{i}:{n}" for i, n in list(names.items())[:k]]
+    return "{" + ", ".join(items) + (", ..." if len(names) > k else "") + "}"

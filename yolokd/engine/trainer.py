@@ -1,0 +1,273 @@
+"""KDTrainer: Ultralytics' ``DetectionTrainer`` with a frozen teacher and a distillation method.
+
+Design (why it looks like this):
+- The student stays a plain ``DetectionModel``. The teacher and the method live beside it, and the KD loss enters
+  through ``student.criterion`` (``KDCriterion``), installed after the EMA is built. So the EMA, every checkpoint
+  (``last.pt``, ``best.pt``, ``epochN.pt``, also of a killed run) and every exporter see only Ultralytics classes.
+- The method's trainable state (connectors, GcBlocks, ...) is optimised in extra parameter groups, saved as plain
+  tensors under ``ckpt["yolokd"]`` for resume and NaN recovery, and dropped from the final checkpoints.
+- Checkpoints are written to a staging folder and moved into place with ``os.replace``: a kill never leaves a torn file.
+- Ultralytics' own methods are overridden and then called (``super()``); no trainer code is copied.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from yolokd import __version__
+from yolokd.engine.criterion import KDCriterion
+from yolokd.engine.models import (
+    KDConfigError,
+    check_compatible,
+    detect_head,
+    head_channels,
+    load_teacher,
+    resolve_model,
+)
+from yolokd.engine.spec import DEFAULT_STUDENT, KDSpec, split_overrides
+from yolokd.methods import KDMethod, build_method, get_method
+from yolokd.utils.offline import prepare_ultralytics
+
+prepare_ultralytics()
+
+from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK  # noqa: E402
+from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
+
+#: Column of results.csv with the epoch's mean KD loss divided by its mean detection loss.
+RATIO_KEY = "train/kd_det_ratio"
+
+
+class KDTrainer(DetectionTrainer):
+    """Train a YOLO student with a frozen teacher and one of yolokd's distillation methods.
+
+    Accepts every Ultralytics train argument plus ``teacher``, ``student`` (Ultralytics' ``model``), ``method``,
+    ``teacher_epochs`` and the method's hyperparameters (see ``yolokd methods``).
+
+    Examples:
+        >>> trainer = KDTrainer(overrides=dict(teacher="teacher.pt", student="yolov8n.yaml", method="mimic",
+        ...                                    data="kitti.yaml", epochs=100))
+        >>> trainer.train()
+    """
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
+        """Split yolokd's settings from Ultralytics' (see ``yolokd.engine.spec``), then check the teacher early."""
+        overrides = dict(overrides or {})
+        if overrides.get("resume"):
+            spec = self._spec_for_resume(overrides)
+        else:
+            spec = split_overrides(overrides)
+            overrides.setdefault("model", DEFAULT_STUDENT)
+            overrides["model"] = resolve_model(overrides["model"], "student")
+        self.kd: KDSpec = spec
+        self.teacher: nn.Module | None = None
+        self.method: KDMethod | None = None
+        self.teacher_metrics: dict[str, float] = {}
+        super().__init__(cfg, overrides, _callbacks)
+        self._prepare_teacher()
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _spec_for_resume(overrides: dict[str, Any]) -> KDSpec:
+        """Read the run's KD settings back from the checkpoint being resumed; only ``teacher=`` may be re-pointed."""
+        from ultralytics.utils.files import get_latest_run
+
+        resume = overrides["resume"]
+        path = Path(resume if isinstance(resume, (str, Path)) and Path(resume).exists() else get_latest_run())
+        if not path.is_file():
+            raise FileNotFoundError(f"resume checkpoint not found: {resume}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        state = ckpt.get("yolokd") or {}
+        if "spec" not in state or "state_dict" not in state:
+            raise KDConfigError(
+                f"{path} holds no resumable yolokd state (a finished run, or not a yolokd run): start a new run instead"
+            )
+        spec = KDSpec(**state["spec"])
+        asked = overrides.pop("method", None)
+        if asked not in (None, spec.method):
+            raise KDConfigError(f"{path} was trained with method={spec.method}; resume continues it, not method={asked}")
+        spec.teacher = overrides.pop("teacher", None) or spec.teacher
+        for k in [*spec.hparams, "student", "teacher_epochs"]:
+            overrides.pop(k, None)
+        return spec
+
+    def _prepare_teacher(self) -> None:
+        """Resolve, optionally fine-tune, load and check the teacher against the data, before any training."""
+        cls = get_method(self.kd.method)
+        if not cls.uses_teacher:
+            self.kd.teacher = None  # `none`: the teacher plays no part and is not loaded
+            return
+        if not self.kd.teacher:
+            raise KDConfigError(f"method '{self.kd.method}' needs a teacher: add teacher=path/to/teacher.pt")
+        src = resolve_model(self.kd.teacher, "teacher")
+        teacher = load_teacher(src, self.data)
+        if int(detect_head(teacher).nc) != int(self.data["nc"]) and self.kd.teacher_epochs > 0 and RANK in {-1, 0}:
+            from yolokd.engine.teacher import finetune_teacher
+
+            best, self.teacher_metrics = finetune_teacher(
+                src, str(self.args.data), self.kd.teacher_epochs, imgsz=self.args.imgsz, batch=self.args.batch,
+                device=self.args.device, workers=self.args.workers, seed=self.args.seed,
+            )
+            src = str(best)
+            teacher = load_teacher(src, self.data)
+        self.kd.teacher = src
+        self.teacher = teacher
+        check_compatible(teacher, self.data, src)  # classes and channels now; strides once the student exists
+
+    def setup_model(self):
+        """Build the student as Ultralytics does, then the method (restoring its state when resuming)."""
+        ckpt = super().setup_model()
+        student = self.model
+        if self.teacher is not None:
+            check_compatible(self.teacher, self.data, self.kd.teacher, student)
+            self.teacher = self.teacher.to(self.device)
+        cs = head_channels(student)
+        ct = head_channels(self.teacher) if self.teacher is not None else cs
+        self.method = build_method(self.kd.method, cs, ct, **self.kd.hparams).to(self.device)
+        if self.resume and ckpt:
+            self._load_method_state(ckpt)
+        return ckpt
+
+    def _load_method_state(self, ckpt: dict) -> None:
+        """Restore the method's trainable state from ``ckpt["yolokd"]``."""
+        state = (ckpt.get("yolokd") or {}).get("state_dict")
+        if state is None:
+            raise KDConfigError("checkpoint has no yolokd method state to restore")
+        self.method.load_state_dict(state)
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' optimizer for the student, plus the method's parameters in matching groups.
+
+        Each method parameter joins a group cloned from Ultralytics' group of the same kind (weights with decay,
+        normalisation weights, biases; Muon for matrices under MuSGD), so warm-up and schedules treat it alike.
+        """
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        if self.method is None:
+            return optimizer
+        bn = tuple(v for k, v in nn.__dict__.items() if "Norm" in k)
+        groups: dict[str, list[nn.Parameter]] = {}
+        for mod in self.method.modules():
+            for pname, p in mod.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                muon = any(g.get("use_muon") for g in optimizer.param_groups) and p.ndim in {2, 4}
+                kind = "muon" if muon else "bias" if pname == "bias" else "bn" if isinstance(mod, bn) else "weight"
+                groups.setdefault(kind, []).append(p)
+        for kind, params in groups.items():
+            template = next(g for g in optimizer.param_groups if g.get("param_group") == kind)
+            optimizer.add_param_group({**{k: v for k, v in template.items() if k != "params"}, "params": params,
+                                       "kd": True})
+        n = sum(p.numel() for ps in groups.values() for p in ps)
+        if n:
+            LOGGER.info(f"yolokd: optimising {n:,} parameters of method '{self.kd.method}' alongside the student")
+        return optimizer
+
+    def _setup_train(self):
+        """Ultralytics' set-up, then the KD criterion on the live student (after the EMA copy was taken)."""
+        super()._setup_train()
+        student = unwrap_model(self.model)
+        det = getattr(student, "criterion", None) or student.init_criterion()
+        student.criterion = KDCriterion(det, self.teacher, self.method)
+        if RANK in {-1, 0}:
+            LOGGER.info(
+                f"yolokd: method={self.kd.method} {self.kd.hparams or ''} teacher={self.kd.teacher or '-'} "
+                f"student levels {head_channels(student)} <- teacher "
+                f"{head_channels(self.teacher) if self.teacher is not None else '-'}"
+            )
+
+    def train(self):
+        """Train; for a multi-GPU relaunch, carry the KD settings in ``args`` (the workers pop them again)."""
+        if not self.ddp:
+            return super().train()
+        extra = self.kd.as_overrides()
+        for k, v in extra.items():
+            setattr(self.args, k, v)
+        try:
+            return super().train()
+        finally:
+            for k in extra:
+                delattr(self.args, k)
+
+    def optimizer_step(self):
+        """Average the method's gradients across GPUs (it is outside the DDP-wrapped student), then step."""
+        if self.world_size > 1 and self.method is not None:
+            import torch.distributed as dist
+
+            for p in self.method.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
+        super().optimizer_step()
+
+    # ------------------------------------------------------------------ state
+    def kd_state(self, weights: bool = True) -> dict[str, Any]:
+        """The plain-value record stored under ``ckpt["yolokd"]`` (tensors, strings, numbers only)."""
+        state: dict[str, Any] = {"version": __version__, "spec": self.kd.to_dict()}
+        if weights and self.method is not None:
+            state["state_dict"] = {k: v.detach().cpu().clone() for k, v in self.method.state_dict().items()}
+        return state
+
+    def save_model(self):
+        """Ultralytics' checkpoints, staged, given the KD state, then moved into place atomically."""
+        wdir, last, best = self.wdir, self.last, self.best
+        staging = wdir / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        for f in staging.glob("*"):
+            f.unlink()  # leftovers of a killed save
+        self.wdir, self.last, self.best = staging, staging / last.name, staging / best.name
+        try:
+            saved = super().save_model()
+        finally:
+            self.wdir, self.last, self.best = wdir, last, best
+        state = self.kd_state()
+        for f in sorted(staging.glob("*.pt")):
+            _rewrite(f, wdir / f.name, state)
+        staging.rmdir()
+        return saved
+
+    def final_eval(self):
+        """Drop the method's training state from ``last.pt``/``best.pt`` (keeping the settings), then validate."""
+        if RANK in {-1, 0}:
+            for f in (self.last, self.best):
+                if f.exists():
+                    _rewrite(f, f, self.kd_state(weights=False))
+        super().final_eval()
+
+    def _handle_nan_recovery(self, epoch):
+        """Ultralytics restores the student, optimizer and EMA from ``last.pt``; restore the method from it too."""
+        recovered = super()._handle_nan_recovery(epoch)
+        if recovered:
+            self._load_method_state(torch.load(self.last, map_location="cpu", weights_only=False))
+            LOGGER.info(f"yolokd: restored method '{self.kd.method}' state from {self.last}")
+        return recovered
+
+    def save_metrics(self, metrics):
+        """Add the epoch's KD:detection loss ratio to results.csv and the log, so the KD weight can be judged."""
+        if self.tloss:
+            kd_names = {f"{t}_loss" for t in (self.method.term_names if self.method else ())}
+            kd = sum(float(v) for k, v in self.tloss.items() if k in kd_names)
+            det = sum(float(v) for k, v in self.tloss.items() if k not in kd_names)
+            ratio = kd / det if det > 0 else math.nan
+            metrics = {**metrics, RATIO_KEY: ratio}
+            if kd_names:
+                LOGGER.info(f"yolokd: epoch {self.epoch + 1} KD/detection loss = {kd:.4g}/{det:.4g} = {ratio:.3g}"
+                            + ("  (far from 0.1-1: consider changing the method's weight)"
+                               if not 0.01 <= ratio <= 10 else ""))
+        super().save_metrics(metrics)
+
+
+def _rewrite(src: Path, dst: Path, state: dict[str, Any]) -> None:
+    """Add ``state`` as ``ckpt["yolokd"]`` and write ``dst`` atomically (temp file in the same folder + replace)."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    ckpt["yolokd"] = state
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, dst)
+    if src != dst:
+        src.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Trainable building blocks shared by the methods (connectors / adapters)."""
