@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from yolokd import __version__
+from yolokd.data import resolve_data
 from yolokd.engine.criterion import KDCriterion
 from yolokd.engine.models import (
     KDConfigError,
@@ -63,8 +64,13 @@ class KDTrainer(DetectionTrainer):
             spec = self._spec_for_resume(overrides)
         else:
             spec = split_overrides(overrides)
+            overrides["data"] = resolve_data(overrides.get("data"))
             overrides.setdefault("model", DEFAULT_STUDENT)
             overrides["model"] = resolve_model(overrides["model"], "student")
+            if get_method(spec.method).uses_teacher:
+                if not spec.teacher:
+                    raise KDConfigError(f"method '{spec.method}' needs a teacher: add teacher=path/to/teacher.pt")
+                spec.teacher = resolve_model(spec.teacher, "teacher")  # fail before Ultralytics creates a run folder
         self.kd: KDSpec = spec
         self.teacher: nn.Module | None = None
         self.method: KDMethod | None = None
@@ -103,8 +109,6 @@ class KDTrainer(DetectionTrainer):
         if not cls.uses_teacher:
             self.kd.teacher = None  # `none`: the teacher plays no part and is not loaded
             return
-        if not self.kd.teacher:
-            raise KDConfigError(f"method '{self.kd.method}' needs a teacher: add teacher=path/to/teacher.pt")
         src = resolve_model(self.kd.teacher, "teacher")
         teacher = load_teacher(src, self.data)
         if int(detect_head(teacher).nc) != int(self.data["nc"]) and self.kd.teacher_epochs > 0 and RANK in {-1, 0}:

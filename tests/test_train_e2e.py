@@ -1,0 +1,191 @@
+"""End-to-end training on CPU with tiny settings: the trainer's promises, checked on real runs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+
+import pytest
+import torch
+
+from conftest import load_without_yolokd, make_trainer, shared_file
+from yolokd.engine.models import KDConfigError
+
+
+def _hash_state(module: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer (BN running stats included)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plain_student_keys() -> list[str]:
+    from ultralytics.nn.tasks import DetectionModel
+
+    return sorted(DetectionModel("yolov8n.yaml", nc=3, verbose=False).state_dict())
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("method,term", [("none", None), ("mimic", "mimic"), ("ultralytics", "dis")])
+def test_train_end_to_end(tmp_path, tiny_data, method, term):
+    trainer = make_trainer(tmp_path, tiny_data, method=method)
+    seen = {}
+
+    def after_setup(tr):
+        seen["method_state"] = {k: v.clone() for k, v in tr.method.state_dict().items()}
+        opt_ids = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+        seen["teacher_in_optimizer"] = tr.teacher is not None and any(id(p) in opt_ids for p in tr.teacher.parameters())
+        seen["method_in_optimizer"] = all(id(p) in opt_ids for p in tr.method.parameters())
+
+    trainer.add_callback("on_pretrain_routine_end", after_setup)
+    teacher_hash = _hash_state(trainer.teacher) if trainer.teacher is not None else None
+    trainer.train()
+
+    if method == "none":
+        assert trainer.teacher is None  # never loaded, never run
+    else:
+        assert _hash_state(trainer.teacher) == teacher_hash and not trainer.teacher.training
+        assert not seen["teacher_in_optimizer"] and seen["method_in_optimizer"]
+        changed = [k for k, v in trainer.method.state_dict().items() if not torch.equal(v, seen["method_state"][k])]
+        assert changed, "the method's connectors were not optimised"
+
+    rows = _rows(trainer.csv)
+    assert len(rows) == 2
+    if term:
+        assert float(rows[-1][f"train/{term}_loss"]) > 0
+        assert float(rows[-1]["train/kd_det_ratio"]) > 0
+    else:
+        assert not any(k.startswith("train/") and k.endswith("_loss") and k.split("/")[1].split("_")[0]
+                       not in {"box", "cls", "dfl"} for k in rows[-1])
+
+    files = [trainer.last, trainer.best]
+    seen_by_ultralytics = load_without_yolokd(*files)
+    keys = _plain_student_keys()
+    for f in files:
+        info = seen_by_ultralytics[str(f)]
+        assert info["unsafe_yolokd"] == [] and info["cls"] == "DetectionModel"
+        assert info["keys"] == keys  # exactly a plain student: no connector, no teacher
+        ck = torch.load(f, map_location="cpu", weights_only=False)
+        assert ck["yolokd"]["spec"]["method"] == method and "state_dict" not in ck["yolokd"]  # final: settings only
+
+
+def test_interrupted_run_loads_plainly_and_resumes_with_its_method(tmp_path, tiny_data):
+    trainer = make_trainer(tmp_path, tiny_data, method="mimic", epochs=3)
+
+    def crash(tr):
+        raise KeyboardInterrupt("simulated kill after the first checkpoint")
+
+    trainer.add_callback("on_model_save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    last = trainer.last
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    assert ck["epoch"] == 0 and "state_dict" in ck["yolokd"]  # mid-run checkpoint: resumable KD state inside
+    info = load_without_yolokd(last)[str(last)]
+    assert info["unsafe_yolokd"] == [] and info["keys"] == _plain_student_keys()
+    assert not (last.parent / ".staging").exists()
+
+    from yolokd.engine.trainer import KDTrainer
+
+    with pytest.raises(KDConfigError, match="method=mimic"):
+        KDTrainer(overrides={"resume": str(last), "method": "ultralytics"})
+
+    resumed = KDTrainer(overrides={"resume": str(last)})
+    assert resumed.kd.method == "mimic" and resumed.kd.hparams == ck["yolokd"]["spec"]["hparams"]
+    restored = {}
+
+    def check_state(tr):
+        restored["equal"] = all(torch.equal(v, ck["yolokd"]["state_dict"][k]) for k, v in tr.method.state_dict().items())
+        restored["start"] = tr.start_epoch
+
+    resumed.add_callback("on_pretrain_routine_end", check_state)
+    resumed.train()
+    assert restored == {"equal": True, "start": 1}
+    rows = _rows(resumed.csv)
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3] and float(rows[-1]["train/mimic_loss"]) > 0
+
+
+def test_nan_recovery_restores_the_method_state(tmp_path, tiny_data):
+    trainer = make_trainer(tmp_path, tiny_data, method="mimic", epochs=3)
+    flag = {}
+
+    def poison(tr):
+        if tr.epoch == 1 and "poisoned" not in flag:
+            flag["poisoned"] = True
+            tr.loss = torch.tensor(float("nan"))
+
+    def check(tr):
+        if flag.get("poisoned") and "checked" not in flag:
+            flag["checked"] = True
+            saved = torch.load(tr.last, map_location="cpu", weights_only=False)["yolokd"]["state_dict"]
+            flag["equal"] = all(torch.equal(v.cpu(), saved[k]) for k, v in tr.method.state_dict().items())
+
+    trainer.add_callback("on_train_epoch_end", poison)
+    trainer.add_callback("on_train_epoch_start", check)
+    trainer.train()
+    assert flag == {"poisoned": True, "checked": True, "equal": True}
+
+
+def _save_teacher(path, nc=3, ch=3, cfg="yolov8n.yaml"):
+    from ultralytics.nn.tasks import DetectionModel
+
+    m = DetectionModel(cfg, nc=nc, ch=ch, verbose=False)
+    m.names = {i: f"class{i}" for i in range(nc)} if nc != 3 else {0: "car", 1: "pedestrian", 2: "cyclist"}
+    torch.save({"model": m.half()}, path)
+    return str(path)
+
+
+def test_class_mismatch_explains_the_two_step_recipe(tmp_path, tiny_data):
+    t = _save_teacher(tmp_path / "t5.pt", nc=5)
+    with pytest.raises(KDConfigError, match=r"teacher has 5 classes but the dataset has 3.*teacher_epochs"):
+        make_trainer(tmp_path, tiny_data, teacher=t)
+
+
+def test_coco_teacher_on_driving_data_is_refused_with_recipe(tmp_path, tiny_data):
+    coco = shared_file("weights/yolov8s.pt")
+    with pytest.raises(KDConfigError, match=r"80 classes but the dataset has 3.*person.*car.*teacher_epochs"):
+        make_trainer(tmp_path, tiny_data, teacher=str(coco))
+
+
+def test_channel_and_stride_mismatch(tmp_path, tiny_data):
+    with pytest.raises(KDConfigError, match="teacher takes 1 input channels but the dataset has 3"):
+        make_trainer(tmp_path, tiny_data, teacher=_save_teacher(tmp_path / "c1.pt", ch=1))
+    p6 = _save_teacher(tmp_path / "p6.pt", cfg="yolov8-p6.yaml")
+    trainer = make_trainer(tmp_path, tiny_data, teacher=p6)
+    with pytest.raises(KDConfigError, match=r"strides \[8, 16, 32, 64\] differ from the student's \[8, 16, 32\]"):
+        trainer.train()
+
+
+def test_bad_arguments_fail_before_anything_runs(tmp_path, tiny_data):
+    with pytest.raises(ValueError, match="unknown method 'mimik'"):
+        make_trainer(tmp_path, tiny_data, method="mimik")
+    with pytest.raises(ValueError, match="unknown argument 'epoch'.*'epochs'"):
+        make_trainer(tmp_path, tiny_data, epoch=3)
+    with pytest.raises(ValueError, match="'dis_weight' is a hyperparameter of method ultralytics"):
+        make_trainer(tmp_path, tiny_data, method="mimic", dis_weight=1.0)
+    with pytest.raises(KDConfigError, match="needs a teacher"):
+        make_trainer(tmp_path, tiny_data, teacher=None)
+    with pytest.raises(FileNotFoundError, match="yolov8x.pt' not found.*teacher=yolov8x.yaml"):
+        make_trainer(tmp_path, tiny_data, teacher="yolov8x")
+    assert not (tmp_path / "run").exists()  # nothing was created
+
+
+def test_teacher_finetune_one_command_path_is_cached(tmp_path, tiny_data):
+    t = _save_teacher(tmp_path / "t5.pt", nc=5)
+    first = make_trainer(tmp_path, tiny_data, teacher=t, teacher_epochs=1)
+    assert "metrics/mAP50-95(B)" in first.teacher_metrics
+    from yolokd.engine.models import detect_head
+
+    assert int(detect_head(first.teacher).nc) == 3 and first.kd.teacher.endswith("best.pt")
+    mtime = os.path.getmtime(first.kd.teacher)
+    second = make_trainer(tmp_path, tiny_data, teacher=t, teacher_epochs=1)
+    assert second.kd.teacher == first.kd.teacher and os.path.getmtime(second.kd.teacher) == mtime
+    second.train()  # and it distils
+    assert float(_rows(second.csv)[-1]["train/mimic_loss"]) > 0

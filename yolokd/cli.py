@@ -1,0 +1,152 @@
+"""The ``yolokd`` command: Ultralytics-style ``key=value`` arguments.
+
+    yolokd train teacher=teacher.pt student=yolov8n.yaml method=mimic data=kitti.yaml epochs=100 imgsz=640
+    yolokd val model=runs/detect/train/weights/best.pt data=kitti.yaml
+    yolokd export model=runs/detect/train format=onnx
+    yolokd demo
+    yolokd methods
+    yolokd help
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import yolokd  # noqa: F401  (sets the offline switches before anything imports Ultralytics)
+
+#: Values of these keys are names or paths and are never converted (``method=none`` must stay the string "none").
+_STRING_KEYS = {"teacher", "student", "model", "method", "data", "project", "name", "format", "device", "optimizer"}
+
+HELP = f"""yolokd {yolokd.__version__}: knowledge distillation for Ultralytics YOLO.
+
+Usage: yolokd MODE key=value ...
+
+Modes:
+  train    Distil a student:  yolokd train teacher=T.pt student=yolov8n.yaml method=mimic data=data.yaml [epochs=..]
+           Takes every Ultralytics train argument, plus:
+             teacher=         teacher checkpoint (.pt) trained on the data's classes (or a .yaml: random weights)
+             student=         student checkpoint or model YAML (default yolov8n.yaml)
+             method=          distillation method (default mimic; list: `yolokd methods`)
+             teacher_epochs=N fine-tune a teacher with other classes (e.g. COCO) on the data first, cached
+             <hyperparameter>=value of the chosen method
+           data=synthetic (the default) uses the built-in synthetic driving scenes.
+           Resume a killed run: yolokd train resume=runs/detect/train/weights/last.pt
+  val      Validate a checkpoint:  yolokd val model=best.pt data=data.yaml
+  export   Export a checkpoint:    yolokd export model=best.pt format=onnx   (any Ultralytics format)
+  demo     Teacher, then students with none / ultralytics / mimic on synthetic scenes, and a results table
+  methods  List the methods, their loss terms and hyperparameters with defaults
+  help     This text
+
+Everything runs offline: missing weights are an error, never a download (YOLO_OFFLINE=0 allows Ultralytics downloads).
+"""
+
+
+def parse_args(args: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` tokens; values are read as YAML scalars (numbers, booleans, lists) except names and paths."""
+    out: dict[str, Any] = {}
+    for tok in args:
+        if "=" not in tok or tok.startswith("="):
+            raise SystemExit(f"yolokd: expected key=value, got '{tok}' (see `yolokd help`)")
+        k, v = tok.split("=", 1)
+        k = k.strip().lstrip("-").replace("-", "_")
+        if k in out:
+            raise SystemExit(f"yolokd: '{k}' given twice")
+        if k in _STRING_KEYS:
+            out[k] = v
+            continue
+        try:
+            val = yaml.safe_load(v) if v != "" else None
+        except yaml.YAMLError:
+            val = v
+        out[k] = None if isinstance(val, str) and val.lower() in {"none", "null"} else val
+    return out
+
+
+def _weights(model: str | None) -> str:
+    """A checkpoint path from ``model=``: a .pt file, or a run directory (its weights/best.pt)."""
+    if not model:
+        raise SystemExit("yolokd: model= is required (a .pt checkpoint or a run directory)")
+    p = Path(model)
+    if p.is_dir():
+        for cand in (p / "weights" / "best.pt", p / "weights" / "last.pt", p / "best.pt"):
+            if cand.exists():
+                return str(cand)
+        raise SystemExit(f"yolokd: no weights/best.pt or weights/last.pt in {p}")
+    if not p.exists():
+        raise SystemExit(f"yolokd: model={model} not found")
+    return str(p)
+
+
+def cmd_methods() -> None:
+    """Print every registered method with its docstring, loss terms and hyperparameters."""
+    from yolokd.methods import METHODS, method_defaults
+
+    for name, cls in METHODS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name}\n    {doc}")
+        terms = ", ".join(f"{t}_loss" for t in cls.term_names) or "(no KD term)"
+        print(f"    logged terms: {terms}")
+        hp = method_defaults(name)
+        print("    hyperparameters: " + (", ".join(f"{k}={v}" for k, v in hp.items()) or "none"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"help", "-h", "--help"}:
+        print(HELP)
+        return 0
+    mode, rest = argv[0], argv[1:]
+    if mode in {"version", "--version"}:
+        print(yolokd.__version__)
+        return 0
+    if mode == "methods":
+        cmd_methods()
+        return 0
+    kw = parse_args(rest)
+    if mode == "train":
+        from yolokd.engine.trainer import KDTrainer
+
+        KDTrainer(overrides=kw).train()
+        return 0
+    if mode in {"val", "export"}:
+        from yolokd.utils.offline import prepare_ultralytics
+
+        prepare_ultralytics()
+        from ultralytics import YOLO
+
+        model = YOLO(_weights(kw.pop("model", None)))
+        if mode == "val":
+            if "data" in kw:
+                from yolokd.data import resolve_data
+
+                kw["data"] = resolve_data(kw["data"])
+            model.val(**kw)
+        else:
+            print(model.export(**kw))
+        return 0
+    if mode == "demo":
+        from yolokd.demo import run_demo
+
+        run_demo(**kw)
+        return 0
+    import difflib
+
+    close = difflib.get_close_matches(mode, ["train", "val", "export", "demo", "methods", "help"], n=1)
+    raise SystemExit(f"yolokd: unknown mode '{mode}'." + (f" Did you mean '{close[0]}'?" if close else "")
+                     + " See `yolokd help`.")
+
+
+def entrypoint() -> None:
+    """Console-script entry point: clear one-line errors for bad input, full tracebacks for bugs."""
+    from yolokd.engine.models import KDConfigError
+
+    try:
+        sys.exit(main())
+    except (KDConfigError, FileNotFoundError, ValueError) as e:
+        print(f"yolokd: error: {e}", file=sys.stderr)
+        sys.exit(2)
