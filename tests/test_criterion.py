@@ -99,3 +99,15 @@ def test_validation_outputs_get_zero_kd_columns():
         preds = s(batch["img"])
         loss, items = crit(preds, batch)
     assert loss.shape[0] == 4 and loss[3] == 0 and items["mimic_loss"] == 0
+
+
+def test_skipping_the_teacher_head_gives_the_same_features():
+    from yolokd.engine.criterion import head_feats, skip_head
+
+    t = load_teacher("yolov8s.yaml", DATA)
+    x = _batch()["img"]
+    with torch.no_grad():
+        full = head_feats(t(x)[1])
+        skip_head(t)
+        out = t(x)
+    assert set(out) == {"feats"} and all(torch.equal(a, b) for a, b in zip(full, head_feats(out)))

@@ -58,12 +58,22 @@ def parse_args(args: list[str]) -> dict[str, Any]:
         if k in _STRING_KEYS:
             out[k] = v
             continue
-        try:
-            val = yaml.safe_load(v) if v != "" else None
-        except yaml.YAMLError:
-            val = v
-        out[k] = None if isinstance(val, str) and val.lower() in {"none", "null"} else val
+        out[k] = _value(v)
     return out
+
+
+def _value(v: str) -> Any:
+    """Number if it parses as one (YAML 1.1 would keep ``1e-3`` a string), else a YAML scalar or list."""
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    try:
+        val = yaml.safe_load(v) if v != "" else None
+    except yaml.YAMLError:
+        return v
+    return None if isinstance(val, str) and val.lower() in {"none", "null"} else val
 
 
 def _weights(model: str | None) -> str:

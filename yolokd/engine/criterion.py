@@ -20,6 +20,18 @@ def head_feats(raw: dict[str, Any]) -> list[Tensor]:
     return list(raw["one2many"]["feats"] if "one2many" in raw else raw["feats"])
 
 
+def skip_head(model: nn.Module) -> None:
+    """Make ``model`` return ``{"feats": [P3, P4, P5]}`` without running its Detect head (or decoding boxes).
+
+    Feature-only methods (``mimic``, FGD, ...) read only the neck outputs, so the teacher's head and its box decoding are
+    wasted work on every iteration. Applied to the trainer's private, frozen teacher copy only, never to a saved model.
+    """
+    from yolokd.engine.models import detect_head
+
+    head = detect_head(model)
+    head.forward = lambda x: {"feats": list(x)}  # instance attribute: shadows Detect.forward for this copy only
+
+
 class KDCriterion:
     """Callable like an Ultralytics criterion: ``(preds, batch) -> (loss vector, loss items)``.
 
@@ -30,11 +42,13 @@ class KDCriterion:
     """
 
     def __init__(self, det: Any, teacher: nn.Module | None, method: KDMethod) -> None:
-        """Wrap the student's detection criterion."""
+        """Wrap the student's detection criterion; skip the teacher's head when the method never reads it."""
         self.det = det
         self.teacher = teacher
         self.method = method
         self.term_names = tuple(method.term_names)
+        if teacher is not None and method.uses_teacher and "teacher_preds" not in method.needs:
+            skip_head(teacher)
 
     def __deepcopy__(self, memo: dict) -> None:
         """EMA copies of the student get no criterion (they build a plain one): they must never carry the teacher."""

@@ -1,0 +1,189 @@
+"""Speed and memory benchmark of a KD training iteration (issue acceptance: docs/performance.md).
+
+Speed (one process, interleaved): for each method a real ``KDTrainer`` is set up (model, optimizer, EMA, KD
+criterion), then rounds of A B C ... run on the *same* preprocessed batches: one full training iteration per method
+(forward, detection + KD loss, backward, ``optimizer_step`` with clipping and EMA) and one no-grad forward of the
+teacher object the KD trainers use. Interleaving spreads the noise of this 2-core machine over all rows alike.
+
+Memory (one fresh process per row): peak RSS (``ru_maxrss``) of N training iterations per method, of a teacher-only
+inference process, and of an idle interpreter with torch and Ultralytics imported.
+
+    python tools/bench_speed.py                       # speed, teacher yolov8s.yaml, student yolov8n.yaml, 320, batch 8
+    python tools/bench_speed.py --memory              # peak RSS rows and the 1.10 criterion
+    python tools/bench_speed.py --rounds 30 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLOKD_CACHE", str(Path(tempfile.gettempdir()) / "yolokd-bench-cache"))
+
+import yolokd  # noqa: E402,F401
+
+METHODS = ("none", "mimic", "ultralytics")
+
+
+def setup(method: str, teacher: str, student: str, data: str, imgsz: int, batch: int, tmp: str):
+    """A KD trainer with everything set up for training, but no loop started."""
+    import torch
+
+    from yolokd.engine.trainer import KDTrainer
+
+    torch.manual_seed(0)
+    tr = KDTrainer(overrides=dict(teacher=teacher, student=student, method=method, data=data, imgsz=imgsz,
+                                  batch=batch, workers=0, device="cpu", plots=False, val=False, project=tmp,
+                                  name=method, exist_ok=True, amp=False, nbs=batch, warmup_epochs=0))
+    tr._setup_train()
+    tr.model.train()
+    return tr
+
+
+def step(tr, batch) -> None:
+    """One training iteration as the Ultralytics loop runs it (without data loading and logging)."""
+    loss, _ = tr.model(batch)
+    loss.sum().backward()
+    tr.optimizer_step()
+
+
+def batches(tr, n: int) -> list[dict]:
+    """n preprocessed training batches (mosaic on), reused by every method."""
+    out = []
+    for b in tr.train_loader:
+        out.append(tr.preprocess_batch(b))
+        if len(out) == n:
+            break
+    return out
+
+
+def run_speed(a) -> dict:
+    """Interleaved timing; returns medians and spreads per row."""
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from yolokd.data import resolve_data
+
+    data = resolve_data(a.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {m: setup(m, a.teacher, a.student, data, a.imgsz, a.batch, tmp) for m in METHODS}
+        bs = batches(trainers["none"], a.batches)
+        # a separately loaded, complete teacher: the KD trainers' copy may skip its head (feature-only methods)
+        from yolokd.engine.models import load_teacher
+
+        teacher = load_teacher(trainers["mimic"].kd.teacher, trainers["mimic"].data)
+        times: dict[str, list[float]] = {m: [] for m in (*METHODS, "teacher_fwd")}
+        for r in range(a.warmup + a.rounds):
+            b = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in bs[r % len(bs)].items()}
+            for m in (*METHODS, "teacher_fwd"):
+                t0 = time.perf_counter()
+                if m == "teacher_fwd":
+                    with torch.no_grad():
+                        teacher(b["img"])
+                else:
+                    step(trainers[m], b)
+                dt = time.perf_counter() - t0
+                if r >= a.warmup:
+                    times[m].append(dt)
+    res = {m: {"median_s": statistics.median(v), "p25_s": _q(v, 0.25), "p75_s": _q(v, 0.75), "n": len(v)}
+           for m, v in times.items()}
+    base = res["none"]["median_s"] + res["teacher_fwd"]["median_s"]
+    for m in ("mimic", "ultralytics"):
+        res[m]["ratio_vs_student_plus_teacher"] = res[m]["median_s"] / base
+        # per-round ratio, for its spread
+        per = [k / (n + t) for k, n, t in zip(times[m], times["none"], times["teacher_fwd"])]
+        res[m]["ratio_p25"], res[m]["ratio_p75"] = _q(per, 0.25), _q(per, 0.75)
+    return res
+
+
+def _q(v: list[float], q: float) -> float:
+    """Quantile by linear interpolation."""
+    s = sorted(v)
+    i = q * (len(s) - 1)
+    lo, hi = int(i), min(int(i) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (i - lo)
+
+
+def rss_worker(a) -> None:
+    """Child process for one memory row; prints its peak RSS in MiB."""
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import ultralytics  # noqa: F401  (the idle row includes the Ultralytics import, as every other row does)
+
+    if a.rss_row == "idle":
+        pass
+    elif a.rss_row == "teacher":
+        from yolokd.engine.models import load_teacher
+
+        t = load_teacher(a.teacher, {"nc": 3, "names": {0: "car", 1: "pedestrian", 2: "cyclist"}, "channels": 3})
+        x = torch.rand(a.batch, 3, a.imgsz, a.imgsz)
+        for _ in range(a.steps):
+            with torch.no_grad():
+                t(x)
+    else:
+        from yolokd.data import resolve_data
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tr = setup(a.rss_row, a.teacher, a.student, resolve_data(a.data), a.imgsz, a.batch, tmp)
+            bs = batches(tr, min(a.steps, 4))
+            for i in range(a.steps):
+                step(tr, bs[i % len(bs)])
+    print("RSS_MIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def run_memory(a) -> dict:
+    """One fresh process per row (peak RSS is per process)."""
+    out = {}
+    for row in ("idle", "teacher", *METHODS):
+        cmd = [sys.executable, __file__, "--rss-row", row, "--teacher", a.teacher, "--student", a.student,
+               "--data", a.data, "--imgsz", str(a.imgsz), "--batch", str(a.batch), "--steps", str(a.steps),
+               "--threads", str(a.threads)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in r.stdout.splitlines() if x.startswith("RSS_MIB")]
+        if not line:
+            raise RuntimeError(f"row {row} failed:\n{r.stderr[-2000:]}")
+        out[row] = float(line[0].split()[1])
+    teacher_extra = out["teacher"] - out["idle"]
+    for m in ("mimic", "ultralytics"):
+        out[f"{m}_ratio"] = out[m] / (out["none"] + teacher_extra)
+    out["teacher_extra"] = teacher_extra
+    return out
+
+
+def main() -> None:
+    """CLI."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="yolov8s.yaml")
+    p.add_argument("--student", default="yolov8n.yaml")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batches", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=6, help="iterations per memory row")
+    p.add_argument("--memory", action="store_true")
+    p.add_argument("--rss-row", help=argparse.SUPPRESS)
+    p.add_argument("--json")
+    a = p.parse_args()
+    if a.rss_row:
+        return rss_worker(a)
+    res = run_memory(a) if a.memory else run_speed(a)
+    print(json.dumps(res, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "result": res}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
