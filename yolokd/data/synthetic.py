@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -61,22 +63,30 @@ _EMPTY_PROB = 0.03  # share of images with no object at all (teaches "nothing he
 _MAX_OBJECTS = 12
 _Z_FAR = 2000.0  # "infinity" for ground polygons that run to the vanishing point
 
-# Per-class size priors: (height range in metres, box aspect range, max depth in metres). The aspect is w/h for
-# cars and h/w for the two person classes, matching how the spec of the dataset describes them. Max depths are
-# where the box would become too thin to keep at the default size; they scale with the focal length below.
+# Per-class size priors: real height ranges in metres (box aspects are in _object_geometry) and the largest depth
+# an object is placed at, chosen where its box gets too thin to keep at the default size; the depths scale with
+# the image width (i.e. the focal length), so the pixel-size distribution is the same at any resolution.
 _CAR_H = (1.40, 1.75)
 _PED_H = (1.50, 1.90)
 _CYC_H = (1.60, 1.85)
 _Z_MAX_REF = {0: 75.0, 1: 45.0, 2: 60.0}  # at the default width of 512 px
 _REF_WIDTH = 512
+# Ground footprints (half-width across, half-length along the road, metres) used to keep sprites from standing
+# inside each other; distractors use one number for both.
+_FOOTPRINT: dict[Any, Any] = {0: (1.0, 2.3), 1: (0.35, 0.35), 2: (0.4, 0.9), "tree": 0.4, "light": 0.2,
+                              "sign": 0.2, "bush": 1.2, "cone": 0.25, "bin": 0.6, "bollard": 0.15}
+# depth = exp(log-uniform ** skew): < 1 pushes objects further away, so about a third of the kept boxes are under
+# 16 px tall at the default size – the small-object regime where distillation matters most
+_DEPTH_SKEW = 0.75
 
 _SHIFT = 3  # fixed-point bits for sub-pixel accurate cv2 drawing
 _ONE = 1 << _SHIFT
 
 _LIGHTING = ("day", "overcast", "dusk")
-_LIGHTING_P = (0.55, 0.25, 0.20)
+_LIGHTING_CUM = np.cumsum([0.55, 0.25, 0.20])
 _SCENE_TYPES = ("urban", "suburban", "rural")
-_SCENE_P = (0.45, 0.35, 0.20)
+_SCENE_CUM = np.cumsum([0.45, 0.35, 0.20])
+_LANES_CUM = np.cumsum([0.1, 0.4, 0.3, 0.2])  # 1..4 lanes
 
 _CAR_COLOURS = np.array(  # BGR body colours with real-world-ish frequencies
     [
@@ -94,7 +104,7 @@ _CAR_COLOURS = np.array(  # BGR body colours with real-world-ish frequencies
     ],
     np.float64,
 )
-_CAR_COLOUR_P = np.array([0.2, 0.16, 0.16, 0.12, 0.09, 0.07, 0.05, 0.04, 0.03, 0.04, 0.04])
+_CAR_COLOUR_CUM = np.cumsum([0.2, 0.16, 0.16, 0.12, 0.09, 0.07, 0.05, 0.04, 0.03, 0.04, 0.04])
 _CLOTH_COLOURS = np.array(
     [
         (40, 40, 40), (200, 200, 200), (140, 60, 20), (50, 50, 150), (40, 110, 40), (110, 110, 110),
@@ -115,11 +125,23 @@ _BUILDING_COLOURS = np.array(
 
 
 def _col(c: Any, jitter: float = 0.0, rng: np.random.Generator | None = None, scale: float = 1.0) -> tuple:
-    """A cv2 colour tuple, optionally jittered; channels are kept >= 8 so sprite masks can be read off colours."""
+    """A cv2 colour tuple, optionally jittered; channels are kept >= 8 so sprite masks can be read off colours.
+
+    Called ~100 times per scene, hence plain Python arithmetic instead of small-array NumPy.
+    """
+    a0, a1, a2 = c
     if jitter and rng is not None:
-        j = rng.uniform(-jitter, jitter, 3).tolist()
-        return tuple(int(min(255.0, max(8.0, float(a) * scale + b))) for a, b in zip(c, j))
-    return tuple(int(min(255.0, max(8.0, float(a) * scale))) for a in c)
+        r0, r1, r2 = rng.random(3).tolist()
+        j = 2.0 * jitter
+        a0, a1, a2 = a0 * scale + j * (r0 - 0.5), a1 * scale + j * (r1 - 0.5), a2 * scale + j * (r2 - 0.5)
+    else:
+        a0, a1, a2 = a0 * scale, a1 * scale, a2 * scale
+    return (int(min(255.0, max(8.0, a0))), int(min(255.0, max(8.0, a1))), int(min(255.0, max(8.0, a2))))
+
+
+def _pick(rng: np.random.Generator, cum: np.ndarray) -> int:
+    """Index drawn with the probabilities whose cumulative sums are ``cum`` (much cheaper than rng.choice(p=))."""
+    return min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(cum) - 1)
 
 
 class _Camera:
@@ -193,13 +215,16 @@ class _Canvas:
         return int(round(u * self.sx)), int(round(v * self.sy))
 
     def poly(self, pts: Any, color: tuple) -> None:
-        arr = (np.asarray(pts, np.float64) * (self.sx, self.sy)).round().astype(np.int32)
+        sx, sy = self.sx, self.sy
+        arr = np.array([(int(u * sx + 0.5), int(v * sy + 0.5)) for u, v in pts], np.int32)
         cv2.fillPoly(self.img, [arr], color, cv2.LINE_8, _SHIFT)
 
     def rect(self, u0: float, v0: float, u1: float, v1: float, color: tuple) -> None:
         self.poly([(u0, v0), (u1, v0), (u1, v1), (u0, v1)], color)
 
-    def ellipse(self, u: float, v: float, ru: float, rv: float, color: tuple, thick: float = -1, angle: float = 0) -> None:
+    def ellipse(
+        self, u: float, v: float, ru: float, rv: float, color: tuple, thick: float = -1, angle: float = 0
+    ) -> None:
         """Ellipse with semi-axes ``ru`` (fraction of width) and ``rv`` (fraction of height); ``thick`` in px-of-H."""
         axes = (max(1, int(round(ru * self.sx))), max(1, int(round(rv * self.sy))))
         t = -1 if thick < 0 else max(1, int(round(thick * self.H)))
@@ -268,7 +293,8 @@ def _supersample(ph: int) -> int:
 
 
 def _vshade(ph: int, top: float, bottom: float) -> np.ndarray:
-    return np.linspace(top, bottom, ph, dtype=np.float32)
+    """Per-row brightness factors: lit from above, darker towards the ground."""
+    return np.arange(ph, dtype=np.float32) * np.float32((bottom - top) / max(ph - 1, 1)) + np.float32(top)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -277,7 +303,7 @@ def _vshade(ph: int, top: float, bottom: float) -> np.ndarray:
 
 
 def _draw_car(c: _Canvas, rng: np.random.Generator, side: bool, flip: bool, dusk: bool) -> None:
-    body = _CAR_COLOURS[rng.choice(len(_CAR_COLOURS), p=_CAR_COLOUR_P)]
+    body = _CAR_COLOURS[_pick(rng, _CAR_COLOUR_CUM)]
     body_c = _col(body, 14, rng)
     dark_c = _col(body, 0, None, 0.6)
     glass = _col((70, 55, 45), 15, rng)
@@ -344,7 +370,8 @@ def _draw_person(c: _Canvas, rng: np.random.Generator, flip: bool) -> None:
     c.ellipse(*P(fa, 0.985), 0.035 * ar, 0.015, shoe)
     c.ellipse(*P(fb, 0.985), 0.035 * ar, 0.015, shoe)
     if rng.random() < 0.2:  # skirt / long coat
-        c.poly([P(0.5 - 0.1 * ar, 0.3), P(0.5 + 0.1 * ar, 0.3), P(0.5 + 0.15 * ar, 0.7), P(0.5 - 0.15 * ar, 0.7)], pants)
+        c.poly([P(0.5 - 0.1 * ar, 0.3), P(0.5 + 0.1 * ar, 0.3), P(0.5 + 0.15 * ar, 0.7), P(0.5 - 0.15 * ar, 0.7)],
+               pants)
     sw = 0.1 * ar
     c.poly([P(cx - sw, 0.16), P(cx + sw, 0.16), P(0.5 + 0.085 * ar, 0.53), P(0.5 - 0.085 * ar, 0.53)], shirt)
     swing = rng.uniform(-0.12, 0.12) * ar * (0.3 + stride)
@@ -357,7 +384,8 @@ def _draw_person(c: _Canvas, rng: np.random.Generator, flip: bool) -> None:
     c.line(P(cx, 0.12), P(cx, 0.17), skin, 0.04)
     c.circle(*P(cx, 0.075), 0.072, skin)
     if rng.random() < 0.6:  # hair / hat
-        c.ellipse(*P(cx, 0.045), 0.072 * ar, 0.045, _col((25, 35, 50) if rng.random() < 0.7 else (60, 110, 170), 12, rng))
+        hair = (25, 35, 50) if rng.random() < 0.7 else (60, 110, 170)
+        c.ellipse(*P(cx, 0.045), 0.072 * ar, 0.045, _col(hair, 12, rng))
 
 
 def _draw_cyclist(c: _Canvas, rng: np.random.Generator, flip: bool, cosv: float) -> None:
@@ -449,11 +477,12 @@ def _draw_distractor(c: _Canvas, kind: str, rng: np.random.Generator, flip: bool
         c.ellipse(rng.uniform(0.4, 0.6), 0.25, 0.3, 0.2, _col(base, 18, rng))
     elif kind == "light":
         pole = _col((95, 95, 100), 15, rng)
-        pu = 0.08 if not flip else 0.92
+        pu = 0.92 if flip else 0.08  # pole at one end, arm reaching over to the other
+        ue = 1.0 - pu
         c.rect(pu - 0.025 * ar, 0.02, pu + 0.025 * ar, 1.0, pole)
-        c.line((pu, 0.04), (1.0 - pu, 0.02), pole, 0.012)
-        c.rect(min(pu, 1 - pu) if flip else 1.0 - pu - 0.15, 0.0, max(pu, 1 - pu) if flip else 1.0 - pu + 0.08, 0.035,
-               _col((200, 220, 230), 20, rng))
+        c.line((pu, 0.04), (ue, 0.025), pole, 0.012)
+        lo, hi = (ue - 0.02, ue + 0.15) if flip else (ue - 0.15, ue + 0.02)
+        c.rect(max(0.0, lo), 0.0, min(1.0, hi), 0.035, _col((200, 220, 230), 20, rng))
     elif kind == "sign":
         c.rect(0.5 - 0.03 * ar, 0.2, 0.5 + 0.03 * ar, 1.0, _col((130, 130, 135), 10, rng))
         style = rng.integers(3)
@@ -491,11 +520,6 @@ def _draw_distractor(c: _Canvas, kind: str, rng: np.random.Generator, flip: bool
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _vgrad(n: int, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
-    t = np.linspace(0.0, 1.0, max(n, 1), dtype=np.float32)[:, None]
-    return top[None, :].astype(np.float32) * (1 - t) + bottom[None, :].astype(np.float32) * t  # (n, 3)
-
-
 def _sky_colours(light: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     j = rng.uniform(-15, 15, (2, 3))
     if light == "day":
@@ -506,21 +530,33 @@ def _sky_colours(light: str, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return np.array([110, 60, 60]) + j[0], np.array([110, 170, 240]) + j[1]  # dusk: blue-violet to orange
 
 
-def _draw_background(img: np.ndarray, cam: _Camera, lay: dict, rng: np.random.Generator) -> None:
-    H, W = img.shape[:2]
-    hy = int(round(cam.horizon))
-    top, bottom = _sky_colours(lay["light"], rng)
-    img[:hy] = _vgrad(hy, top, bottom)[:, None, :].astype(np.uint8)
-    if lay["light"] != "overcast" and hy > 4:  # a few soft clouds
-        sky = img[:hy]
-        over = sky.copy()
-        for _ in range(int(rng.integers(0, 5))):
-            cv2.ellipse(over, (int(rng.uniform(0, W)), int(rng.uniform(0, hy * 0.7))),
-                        (int(rng.uniform(10, 60)), int(rng.uniform(2, 8))), 0, 0, 360,
-                        _col(bottom * 1.05 + 10), -1, cv2.LINE_AA)
-        cv2.addWeighted(over, 0.55, sky, 0.45, 0, dst=sky)
+def _fill(img: np.ndarray, polys: np.ndarray, colour: tuple) -> None:
+    if len(polys):
+        cv2.fillPoly(img, polys, colour, cv2.LINE_AA, _SHIFT)
 
-    # ground below the horizon: grass / dirt / pavement, lighter towards the horizon, blotchy texture
+
+def _draw_background(img: np.ndarray, cam: _Camera, lay: dict, rng: np.random.Generator) -> None:
+    """Sky, textured ground, road with markings, sidewalks, facades and a skyline – all unlabelled."""
+    H, W = img.shape[:2]
+    hy = min(H - 2, max(2, int(round(cam.horizon))))
+    # sky: vertical gradient; a tiny column resized straight into the image (no full-size temporaries)
+    top, bottom = _sky_colours(lay["light"], rng)
+    t = np.linspace(0.0, 1.0, 8)[:, None]
+    sky = np.clip(top * (1 - t) + bottom * t, 0, 255).astype(np.uint8)[:, None, :]
+    cv2.resize(sky, (W, hy), dst=img[:hy], interpolation=cv2.INTER_LINEAR)
+    if lay["light"] != "overcast":  # a few soft clouds
+        n_clouds = int(rng.integers(0, 5))
+        if n_clouds:
+            sky_v = img[:hy]
+            over = sky_v.copy()
+            for _ in range(n_clouds):
+                cv2.ellipse(over, (int(rng.uniform(0, W)), int(rng.uniform(0, hy * 0.7))),
+                            (int(rng.uniform(10, 60) * W / 512), max(1, int(rng.uniform(2, 8) * H / 160))), 0, 0, 360,
+                            _col(bottom * 1.05 + 10), -1, cv2.LINE_AA)
+            cv2.addWeighted(over, 0.55, sky_v, 0.45, 0, dst=sky_v)
+
+    # ground: grass / dirt / pavement, lighter towards the horizon, with a blotchy low-frequency texture; built at
+    # low resolution and resized up in one call
     scene = lay["scene"]
     if scene == "urban":
         g = np.array([120, 125, 130]) + rng.uniform(-20, 20, 3)
@@ -528,18 +564,21 @@ def _draw_background(img: np.ndarray, cam: _Camera, lay: dict, rng: np.random.Ge
         g = np.array([60, 120, 85]) + rng.uniform(-20, 20, 3)
     else:
         g = np.array([60, 120, 110]) + rng.uniform(-30, 30, 3) if rng.random() < 0.6 else np.array([70, 110, 140])
-    img[hy:] = _vgrad(H - hy, g * 1.15 + 10, g * 0.85)[:, None, :].astype(np.uint8)
+    gh, gw = max(2, (H - hy) // 8), max(2, W // 16)
+    t = np.linspace(0.0, 1.0, gh)[:, None, None]
+    field = (g * 1.15 + 10) * (1 - t) + (g * 0.85) * t  # (gh, 1, 3)
+    field = np.clip(field * rng.uniform(0.88, 1.12, (gh, gw, 1)), 0, 255).astype(np.uint8)
+    cv2.resize(field, (W, H - hy), dst=img[hy:], interpolation=cv2.INTER_LINEAR)
 
-    # skyline beyond the end of the road: buildings, a tree line or hills – all unlabelled clutter
-    vx = cam.vx
+    # skyline beyond the end of the road: buildings, a tree line or hills
     if scene == "urban":
         n = int(rng.integers(6, 16))
         xs = rng.uniform(-0.1 * W, 1.1 * W, n)
         ws = rng.uniform(0.03, 0.12, n) * W
         hs = rng.uniform(0.05, 0.35, n) * hy
-        for x, w, h in zip(xs, ws, hs):
-            c = _col(np.array([150, 150, 155]) + rng.uniform(-40, 40, 3))
-            cv2.rectangle(img, (int(x), int(hy - h)), (int(x + w), hy + 1), c, -1)
+        shades = rng.uniform(-40, 40, (n, 3))
+        for x, w, h, s in zip(xs, ws, hs, shades):
+            cv2.rectangle(img, (int(x), int(hy - h)), (int(x + w), hy + 1), _col(np.array([150, 150, 155]) + s), -1)
     else:
         base = np.array([50, 95, 60]) + rng.uniform(-20, 20, 3)
         if scene == "rural" and rng.random() < 0.6:  # hills
@@ -547,18 +586,14 @@ def _draw_background(img: np.ndarray, cam: _Camera, lay: dict, rng: np.random.Ge
             ys = hy - rng.uniform(0.05, 0.3, 9) * hy
             pts = np.concatenate([np.stack([xs, ys], 1), [[W + 10, hy + 1], [-10, hy + 1]]])
             cv2.fillPoly(img, [(pts * _ONE).astype(np.int32)], _col(base * 1.3 + 20), cv2.LINE_AA, _SHIFT)
-        n = int(rng.integers(10, 40))
+        n = int(rng.integers(8, 26))
         xs = rng.uniform(0, W, n)
-        for x in xs:
-            h = rng.uniform(2, 12) * H / 160
-            cv2.ellipse(img, (int(x), int(hy - h * 0.6)), (int(h * rng.uniform(0.6, 1.5)), int(h)), 0, 0, 360,
-                        _col(base, 15, rng), -1, cv2.LINE_AA)
-
-    # low-frequency texture on the ground (patchy grass, stained asphalt)
-    tex = rng.uniform(0.88, 1.12, (max(2, (H - hy) // 8), max(2, W // 16))).astype(np.float32)
-    tex = cv2.resize(tex, (W, H - hy), interpolation=cv2.INTER_LINEAR)
-    ground = img[hy:].astype(np.float32) * tex[..., None]
-    img[hy:] = np.clip(ground, 0, 255).astype(np.uint8)
+        hs = rng.uniform(3, 13, n) * H / 160
+        ws = hs * rng.uniform(0.6, 1.5, n)
+        shades = rng.uniform(-15, 15, (n, 3))
+        for x, h, w, s in zip(xs, hs, ws, shades):
+            cv2.ellipse(img, (int(x), int(hy - h * 0.6)), (max(1, int(w)), max(1, int(h))), 0, 0, 360,
+                        _col(base + s), -1, cv2.LINE_AA)
 
     # road, sidewalks, curbs
     xl, xr = lay["road"]
@@ -568,78 +603,86 @@ def _draw_background(img: np.ndarray, cam: _Camera, lay: dict, rng: np.random.Ge
         if sw <= 0:
             continue
         x0, x1 = (xl - sw, xl) if side == "l" else (xr, xr + sw)
-        cv2.fillPoly(img, cam.quads(x0, x1, Zn, _Z_FAR),
-                     _col(np.array([150, 155, 160]) + rng.uniform(-30, 30) + rng.uniform(-8, 8, 3)),
-                     cv2.LINE_AA, _SHIFT)
-    cv2.fillPoly(img, cam.quads(xl, xr, Zn, _Z_FAR), _col(road_c), cv2.LINE_AA, _SHIFT)
-    # darker tyre tracks in the lanes make the asphalt less uniform
+        pavement = np.array([150, 155, 160]) + rng.uniform(-30, 30) + rng.uniform(-8, 8, 3)
+        _fill(img, cam.quads(x0, x1, Zn, _Z_FAR), _col(pavement))
+    _fill(img, cam.quads(xl, xr, Zn, _Z_FAR), _col(road_c))
+    # slightly darker tyre tracks in the lanes make the asphalt less uniform
     lane_w, n_lanes = lay["lane_w"], lay["n_lanes"]
     centres = xl + lane_w * (np.arange(n_lanes) + 0.5)
     tracks = np.concatenate([centres - 0.85, centres + 0.85])
-    cv2.fillPoly(img, cam.quads(tracks - 0.25, tracks + 0.25, Zn, _Z_FAR), _col(road_c * 0.93), cv2.LINE_AA, _SHIFT)
-    curb = _col((175, 175, 180), 15, rng)
-    for xe, sw in ((xl, lay["sw_l"]), (xr, lay["sw_r"])):
-        if sw > 0:
-            cv2.fillPoly(img, cam.quads(xe - 0.12, xe + 0.12, Zn, _Z_FAR), curb, cv2.LINE_AA, _SHIFT)
+    _fill(img, cam.quads(tracks - 0.25, tracks + 0.25, Zn, _Z_FAR), _col(road_c * 0.93))
+    curbs = [xe for xe, sw in ((xl, lay["sw_l"]), (xr, lay["sw_r"])) if sw > 0]
+    if curbs:
+        xc = np.array(curbs)
+        _fill(img, cam.quads(xc - 0.12, xc + 0.12, Zn, _Z_FAR), _col((175, 175, 180), 15, rng))
 
     # lane markings: dashed lane boundaries, optional solid edge lines, sometimes a zebra crossing
     white = _col((220, 225, 225), 20, rng)
     mw = rng.uniform(0.1, 0.16)
     period, dash = rng.uniform(9.0, 13.0), rng.uniform(2.5, 4.0)
-    z0 = rng.uniform(1.0, 1.0 + period)
-    zs = np.arange(z0, 150.0, period)
+    zs = np.arange(rng.uniform(1.0, 1.0 + period), 150.0, period)
     quads = []
-    for b in range(1, n_lanes):
-        xb = xl + b * lane_w
+    if n_lanes > 1:
+        xb = xl + lane_w * np.arange(1, n_lanes)[:, None]  # (n_lanes-1, 1) x (n_dashes,)
         quads.append(cam.quads(xb - mw / 2, xb + mw / 2, zs, zs + dash))
     if rng.random() < 0.7:
-        for xe in (xl + 0.3, xr - 0.3):
-            quads.append(cam.quads(xe - mw / 2, xe + mw / 2, Zn, _Z_FAR))
+        xe = np.array([xl + 0.3, xr - 0.3])
+        quads.append(cam.quads(xe - mw / 2, xe + mw / 2, Zn, _Z_FAR))
     if rng.random() < 0.15:
         zc = rng.uniform(8.0, 40.0)
         xs = np.arange(xl + 0.3, xr - 0.3, 1.0)
         quads.append(cam.quads(xs, xs + 0.5, zc, zc + rng.uniform(2.5, 4.0)))
     if quads:
-        cv2.fillPoly(img, np.concatenate(quads), white, cv2.LINE_AA, _SHIFT)
+        _fill(img, np.concatenate(quads), white)
 
-    # facades along the street (far to near), with windows; unlabelled but object-sized structure
-    for side, prob in (("l", lay["bld_p"]), ("r", lay["bld_p"])):
-        if rng.random() >= prob:
+    # facades along the street with windows; object-sized structure the detector must ignore. Within one side
+    # the only overlap is a building's camera-facing end wall behind nearer facades (across a gap), so: end walls
+    # far to near, then the facades (mutually disjoint), then all windows in one call
+    for side in ("l", "r"):
+        if rng.random() >= lay["bld_p"]:
             continue
         sw = lay["sw_l"] if side == "l" else lay["sw_r"]
+        sgn = -1.0 if side == "l" else 1.0
         edge = (xl - sw - rng.uniform(0.3, 4.0)) if side == "l" else (xr + sw + rng.uniform(0.3, 4.0))
-        segs = []
-        z = rng.uniform(3.0, 25.0)
-        while z < 160.0:
-            ln = rng.uniform(8.0, 30.0)
-            segs.append((z, z + ln, rng.uniform(4.0, 22.0 if scene == "urban" else 9.0)))
-            z += ln + (rng.uniform(0.0, 8.0) if rng.random() < 0.4 else 0.0)
-        for z1, z2, hb in reversed(segs):
-            colour = _BUILDING_COLOURS[rng.integers(len(_BUILDING_COLOURS))] + rng.uniform(-20, 20, 3)
-            # near end face, then the facade along the street
-            far_x = edge - 12.0 if side == "l" else edge + 12.0
-            cv2.fillPoly(img, _end_face(cam, edge, far_x, z1, hb), _col(colour * 0.8), cv2.LINE_AA, _SHIFT)
-            cv2.fillPoly(img, cam.quads(edge, edge, z1, z2, 0.0, hb), _col(colour), cv2.LINE_AA, _SHIFT)
-            if z1 > 120:
-                continue
-            rows = np.arange(1.2, hb - 1.2, 3.0)
-            cols = np.arange(z1 + 1.0, z2 - 1.5, rng.uniform(2.5, 4.5))
-            if len(rows) == 0 or len(cols) == 0:
-                continue
-            R, C = np.meshgrid(rows, cols, indexing="ij")
-            win = _col((70, 60, 50) if lay["light"] != "dusk" else (90, 190, 230), 20, rng)
-            cv2.fillPoly(img, cam.quads(edge, edge, C.ravel(), C.ravel() + 1.3, R.ravel(), R.ravel() + 1.5), win,
-                         cv2.LINE_AA, _SHIFT)
+        lens = rng.uniform(10.0, 35.0, 16)
+        gaps = np.where(rng.random(16) < 0.4, rng.uniform(0.0, 8.0, 16), 0.0)
+        z1 = rng.uniform(3.0, 25.0) + np.concatenate([[0.0], np.cumsum(lens + gaps)[:-1]])
+        k = int(np.searchsorted(z1, 120.0))
+        z1, z2 = z1[:k], z1[:k] + lens[:k]
+        hb = rng.uniform(4.0, 22.0 if scene == "urban" else 9.0, k)
+        colours = _BUILDING_COLOURS[rng.integers(len(_BUILDING_COLOURS), size=k)] + rng.uniform(-20, 20, (k, 3))
+        ends = _end_faces(cam, edge, edge + sgn * 12.0, z1, hb)
+        facades = cam.quads(edge, 0.0, z1, z2, 0.0, hb)
+        for i in range(k - 1, -1, -1):
+            _fill(img, ends[i : i + 1], _col(colours[i], scale=0.8))
+        for i in range(k):
+            _fill(img, facades[i : i + 1], _col(colours[i]))
+        # window grid: every `spacing` m along each facade closer than 70 m, one row per 3 m storey
+        spacing = rng.uniform(2.5, 4.5)
+        ncol = (np.floor((z2 - z1 - 2.3) / spacing) + 1).clip(0).astype(int) * (z1 < 70.0)
+        nrow = (np.floor((hb - 2.7) / 3.0) + 1).clip(0).astype(int)
+        per = ncol * nrow
+        if per.sum():
+            seg = np.repeat(np.arange(k), per)
+            j = np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per)  # index within the segment's grid
+            col, row = j // nrow[seg], j % nrow[seg]
+            zc = z1[seg] + 1.0 + spacing * col
+            yc = 1.2 + 3.0 * row
+            win_c = _col((70, 60, 50) if lay["light"] != "dusk" else (90, 190, 230), 20, rng)
+            _fill(img, cam.quads(edge, 0.0, zc, zc + 1.3, yc, yc + 1.5), win_c)
 
 
-def _end_face(cam: _Camera, x0: float, x1: float, z: float, hb: float) -> np.ndarray:
-    """Fixed-point polygon of the camera-facing end wall of a building (from x0 to x1 at depth z)."""
-    pts = np.array(
-        [[cam.x(x0, z), cam.y(0.0, z)], [cam.x(x1, z), cam.y(0.0, z)], [cam.x(x1, z), cam.y(hb, z)],
-         [cam.x(x0, z), cam.y(hb, z)]],
-        np.float64,
-    )
-    return np.clip(pts * _ONE, -(2**24), 2**24).round().astype(np.int32)[None]
+def _end_faces(cam: _Camera, x0: float, x1: float, z: np.ndarray, hb: np.ndarray) -> np.ndarray:
+    """Fixed-point polygons (k, 4, 2) of camera-facing building end walls (x0..x1 at depth z, height hb)."""
+    i = cam.f / z
+    pts = np.empty((len(z), 4, 2), np.float64)
+    pts[:, 0, 0] = pts[:, 3, 0] = cam.vx + x0 * i
+    pts[:, 1, 0] = pts[:, 2, 0] = cam.vx + x1 * i
+    pts[:, 0, 1] = pts[:, 1, 1] = cam.horizon + _CAM_HEIGHT * i
+    pts[:, 2, 1] = pts[:, 3, 1] = cam.horizon + (_CAM_HEIGHT - hb) * i
+    pts *= _ONE
+    np.clip(pts, -(2**24), 2**24, out=pts)
+    return pts.astype(np.int32)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -649,10 +692,10 @@ def _end_face(cam: _Camera, x0: float, x1: float, z: float, hb: float) -> np.nda
 
 def _sample_layout(rng: np.random.Generator, width: int, height: int) -> tuple[_Camera, dict]:
     cam = _Camera(width, height, horizon=rng.uniform(0.35, 0.5) * height, vx=width * (0.5 + rng.uniform(-0.15, 0.15)))
-    scene = _SCENE_TYPES[rng.choice(3, p=_SCENE_P)]
-    light = _LIGHTING[rng.choice(3, p=_LIGHTING_P)]
+    scene = _SCENE_TYPES[_pick(rng, _SCENE_CUM)]
+    light = _LIGHTING[_pick(rng, _LIGHTING_CUM)]
     lane_w = rng.uniform(3.0, 3.8)
-    n_lanes = int(rng.choice([1, 2, 3, 4], p=[0.1, 0.4, 0.3, 0.2]))
+    n_lanes = 1 + _pick(rng, _LANES_CUM)
     ego = rng.integers(n_lanes)
     xl = -(ego + 0.5) * lane_w + rng.uniform(-0.5, 0.5)
     xr = xl + n_lanes * lane_w
@@ -664,21 +707,32 @@ def _sample_layout(rng: np.random.Generator, width: int, height: int) -> tuple[_
     return cam, lay
 
 
-def _place_objects(rng: np.random.Generator, cam: _Camera, lay: dict) -> list[tuple[float, float, int]]:
-    """(Z, X, cls) for each object: depth log-uniform (many small far ones), position by class habits."""
+def _collides(X: float, Z: float, hx: float, hz: float, taken: list[tuple[float, float, float, float]]) -> bool:
+    return any(abs(X - x) < hx + ax and abs(Z - z) < hz + az for x, z, ax, az in taken)
+
+
+def _place_objects(
+    rng: np.random.Generator, cam: _Camera, lay: dict, taken: list[tuple[float, float, float, float]]
+) -> list[tuple[float, float, int]]:
+    """(Z, X, cls) for each object: depth skewed log-uniform (many small far ones), position by class habits.
+
+    Ground footprints in ``taken`` (X, Z, half-width, half-length) may not overlap: two cars in the same spot
+    are not an occlusion case a detector can learn from, they are just a broken scene.
+    """
     if rng.random() < _EMPTY_PROB:
         return []
-    n = 1 + int(rng.binomial(_MAX_OBJECTS - 1, 0.42))
+    n = 1 + int(rng.binomial(_MAX_OBJECTS - 1, rng.uniform(0.2, 0.75)))  # quiet roads to busy streets
     xl, xr = lay["road"]
     lane_w, n_lanes = lay["lane_w"], lay["n_lanes"]
     z_bottom = cam.ground_z(cam.height)  # depth seen at the bottom image row
     zscale = cam.f / (_FOCAL_FRAC * _REF_WIDTH)
+    lo = np.log(0.8 * z_bottom)
     out = []
     for cls in rng.choice(3, size=n, p=_CLASS_PROBS):
         cls = int(cls)
         z_max = _Z_MAX_REF[cls] * zscale
         for _ in range(10):
-            Z = float(np.exp(rng.uniform(np.log(0.8 * z_bottom), np.log(z_max))))
+            Z = float(np.exp(lo + (np.log(z_max) - lo) * rng.random() ** _DEPTH_SKEW))
             r = rng.random()
             if cls == 0:
                 if r < 0.7:  # driving in a lane
@@ -702,8 +756,10 @@ def _place_objects(rng: np.random.Generator, cam: _Camera, lay: dict) -> list[tu
                     X = rng.uniform(xl, xr)
                 else:
                     X = (rng.uniform(-0.05, 1.05) * cam.width - cam.vx) * Z / cam.f
-            if -0.05 * cam.width <= cam.x(X, Z) <= 1.05 * cam.width:
+            hx, hz = _FOOTPRINT[cls]
+            if -0.05 * cam.width <= cam.x(X, Z) <= 1.05 * cam.width and not _collides(X, Z, hx, hz, taken):
                 out.append((Z, float(X), cls))
+                taken.append((float(X), Z, hx, hz))
                 break
     return out
 
@@ -715,10 +771,10 @@ def _place_distractors(rng: np.random.Generator, cam: _Camera, lay: dict) -> lis
     out: list[tuple[float, float, str]] = []
     # street lights at regular spacing along one or both sides
     if rng.random() < (0.7 if scene != "rural" else 0.3):
-        spacing = rng.uniform(20.0, 35.0)
+        spacing = rng.uniform(22.0, 40.0)
         for side in (-1, 1) if rng.random() < 0.3 else ((-1,) if rng.random() < 0.5 else (1,)):
             xe = (xl - 0.6) if side < 0 else (xr + 0.6)
-            for Z in np.arange(rng.uniform(6.0, 6.0 + spacing), 110.0, spacing):
+            for Z in np.arange(rng.uniform(6.0, 6.0 + spacing), 90.0, spacing):
                 out.append((float(Z), xe, "light"))
     weights = {"urban": (0.15, 0.15, 0.15, 0.15, 0.2, 0.2), "suburban": (0.35, 0.1, 0.3, 0.1, 0.1, 0.05),
                "rural": (0.5, 0.1, 0.35, 0.05, 0.0, 0.0)}[scene]
@@ -785,9 +841,12 @@ def render_scene(
     cam, lay = _sample_layout(rng, width, height)
     img = np.empty((height, width, 3), np.uint8)
     _draw_background(img, cam, lay, rng)
+    # haze colour from the background at the horizon, before any sprite, so it does not depend on them
+    haze = img[min(height - 1, max(0, int(cam.horizon) - 1))].mean(axis=0, dtype=np.float32)
 
-    objects = _place_objects(rng, cam, lay)
     distractors = _place_distractors(rng, cam, lay)
+    taken = [(x, z, _FOOTPRINT[k], _FOOTPRINT[k]) for z, x, k in distractors]
+    objects = _place_objects(rng, cam, lay, taken)
     # photometric parameters are drawn before any sprite so they do not depend on what got drawn
     light = lay["light"]
     if light == "day":
@@ -802,8 +861,8 @@ def render_scene(
     haze_strength = rng.uniform(0.1, 0.45)
     noise_sigma = rng.uniform(1.0, 6.0)
     blur_sigma = rng.uniform(0.5, 1.0) if rng.random() < 0.3 else 0.0
-    sprite_rng_seed = int(rng.integers(0, 2**63 - 1))
-    rng_dis = np.random.default_rng(sprite_rng_seed)
+    noise_oy, noise_ox = int(rng.integers(0, _NOISE_PAD + 1)), int(rng.integers(0, _NOISE_PAD + 1))
+    rng_dis = np.random.default_rng(rng.integers(0, 2**63 - 1))  # distractors' appearance
 
     # painter's algorithm over objects and clutter together, far to near
     sprites: list[tuple[float, int, float, Any]] = [(z, i + 1, x, c) for i, (z, x, c) in enumerate(objects)]
@@ -823,11 +882,13 @@ def render_scene(
             hm, wm = _dist_size(what, rng_dis)
             h, w = cam.f * hm / Z, cam.f * wm / Z
             flip = bool(rng_dis.random() < 0.5)
+            if what == "light":  # street lights lean over the road
+                flip = X > 0.5 * (lay["road"][0] + lay["road"][1])
             shade = rng_dis.uniform(0.8, 1.05)
         pw, ph = max(1, int(round(w))), max(1, int(round(h)))
         x0, y0 = int(round(cx - pw / 2)), int(round(yb)) - ph
-        if x0 >= width or x0 + pw <= 0 or y0 >= height or y0 + ph <= 0:
-            continue
+        if x0 >= width or x0 + pw <= 0 or y0 >= height or y0 + ph <= 0 or (not sid and ph < 3):
+            continue  # off-screen, or clutter too small to matter
         k = _supersample(ph)
         if pw * ph * k * k > 4_000_000:  # absurdly close sprite: never happens at sane sizes, keep memory bounded
             k = 1
@@ -851,22 +912,64 @@ def render_scene(
             _composite(img, idmask, patch, alpha, x0, y0, 0)
     labels = _labels(idmask, full_px, boxes, objects, width, height)
 
-    # photometric pass: haze towards the horizon, contrast, gain and colour cast are all affine per (row, channel),
-    # so they fold into one multiply-add; then optional optics blur and sensor noise
+    # photometric pass on the (H, W*3) view so every numpy op runs along long contiguous rows, in two reused
+    # float buffers (fresh ~1 MB temporaries per op cost more in page faults than the arithmetic): haze towards
+    # the horizon (per row), contrast / gain / colour cast (per channel), optional optics blur, sensor noise
+    f, t = _buffers(height, width)
     rows = np.arange(height, dtype=np.float32)
-    hw = (haze_strength * np.exp(-np.abs(rows - cam.horizon) / (0.18 * height)))[:, None, None]
-    haze = img[max(0, int(cam.horizon) - 1)].mean(axis=0, dtype=np.float32)[None, None, :]
-    g = (gain * cast).astype(np.float32)[None, None, :]
-    A = (1.0 - hw) * contrast * g
-    B = ((haze * hw - 128.0) * contrast + 128.0) * g
-    f = img.astype(np.float32)
-    f *= A
-    f += B
+    hw = (haze_strength * np.exp(-np.abs(rows - cam.horizon) / (0.18 * height)))[:, None]
+    gc = (gain * cast * contrast).astype(np.float32)
+    bc = (gain * cast * 128.0 * (1.0 - contrast)).astype(np.float32)
+    f[...] = img.reshape(height, width * 3)
+    np.multiply(1.0 - hw, np.tile(gc, width)[None, :], out=t)
+    f *= t
+    np.multiply(hw, np.tile(haze * gc, width)[None, :], out=t)
+    f += t
+    f += np.tile(bc, width)[None, :]
     if blur_sigma > 0:
-        f = cv2.GaussianBlur(f, (3, 3), blur_sigma)
-    f += rng.standard_normal((height, width, 1), dtype=np.float32) * np.float32(noise_sigma)
-    np.clip(f + 0.5, 0, 255, out=f)
-    return f.astype(np.uint8), labels
+        cv2.GaussianBlur(f.reshape(height, width, 3), (3, 3), blur_sigma, dst=t.reshape(height, width, 3))
+        f, t = t, f
+    np.multiply(_noise(height, width, noise_oy, noise_ox), np.float32(noise_sigma), out=t)
+    f += t
+    f += 0.5
+    np.clip(f, 0, 255, out=f)
+    out = np.empty((height, width, 3), np.uint8)
+    out.reshape(height, width * 3)[...] = f  # truncation after +0.5 = rounding
+    return out, labels
+
+
+_LOCAL = threading.local()
+
+
+def _buffers(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two (height, width*3) float32 scratch buffers, reused per thread."""
+    bufs = getattr(_LOCAL, "bufs", None)
+    if bufs is None or bufs[0].shape != (height, width * 3):
+        bufs = (np.empty((height, width * 3), np.float32), np.empty((height, width * 3), np.float32))
+        _LOCAL.bufs = bufs
+    return bufs
+
+
+_NOISE_PAD = 128
+_NOISE_BANKS: dict[tuple[int, int], np.ndarray] = {}  # read-only once built, safe to share between threads
+
+
+def _noise(height: int, width: int, oy: int, ox: int) -> np.ndarray:
+    """A (height, width*3) window of a fixed standard-normal noise bank at offset (oy, ox).
+
+    Drawing fresh Gaussian noise for every pixel costs more than rendering the rest of the scene, so each image
+    takes a random crop of one bank per image size instead; the bank comes from a constant seed, so it is the
+    same in every process and the output stays a pure function of the scene seed.
+    """
+    key = (height, width)
+    bank = _NOISE_BANKS.get(key)
+    if bank is None:
+        if len(_NOISE_BANKS) >= 4:  # bound memory when many image sizes are used in one process
+            _NOISE_BANKS.clear()
+        bank = np.random.default_rng([0x5EED, height, width]).standard_normal(
+            (height + _NOISE_PAD, 3 * (width + _NOISE_PAD)), dtype=np.float32)
+        _NOISE_BANKS[key] = bank
+    return bank[oy : oy + height, 3 * ox : 3 * (ox + width)]
 
 
 def _draw_object(cls: int, params: dict, flip: bool, dusk: bool, canvas: _Canvas, rng: np.random.Generator) -> None:
@@ -1013,27 +1116,39 @@ def generate_dataset(
     """
     if n_train < 1 or n_val < 1:
         raise ValueError("n_train and n_val must be >= 1")
+    if width < 16 or height < 16:
+        raise ValueError(f"image size {width}x{height} is too small")
     root = Path(root).expanduser().absolute()
     expected = _expected_manifest(int(n_train), int(n_val), int(seed), int(width), int(height))
     if _is_complete(root, expected):
         if not _yaml_points_to(root):  # folder was moved or copied: keep data.yaml's absolute path valid
-            _write_yaml(root, root)
+            try:
+                _write_yaml(root, root)
+            except OSError:  # read-only copy: leave it, the caller may still pass its own yaml
+                pass
         return root / "data.yaml"
     if root.exists():
         _check_replaceable(root)
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    threads = cv2.getNumThreads()
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the dataset may live in a shared cache
+        # the images are tiny: OpenCV's thread pool only adds wake-up latency (and stalls on a busy machine)
+        cv2.setNumThreads(1)
         for sub in ("images", "labels"):
             for split in _SPLITS:
                 (tmp / sub / split).mkdir(parents=True)
         jobs = []
         for split, n in (("train", int(n_train)), ("val", int(n_val))):
             step = max(1, min(64, -(-n // max(1, workers * 4)))) if workers > 0 else n
-            jobs += [(str(tmp), split, int(seed), a, min(a + step, n), int(width), int(height)) for a in range(0, n, step)]
+            jobs += [(str(tmp), split, int(seed), a, min(a + step, n), int(width), int(height))
+                     for a in range(0, n, step)]
         if workers > 0:
-            with ProcessPoolExecutor(max_workers=workers) as ex:
+            # spawn, not fork: the caller may already run torch / OpenCV threads, which fork can deadlock
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=cv2.setNumThreads, initargs=(1,)) as ex:
                 results = list(ex.map(_write_chunk, jobs))
         else:
             results = [_write_chunk(j) for j in jobs]
@@ -1046,6 +1161,7 @@ def generate_dataset(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _install(tmp, root, expected)
     finally:
+        cv2.setNumThreads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return root / "data.yaml"
 
