@@ -189,3 +189,21 @@ def test_teacher_finetune_one_command_path_is_cached(tmp_path, tiny_data):
     assert second.kd.teacher == first.kd.teacher and os.path.getmtime(second.kd.teacher) == mtime
     second.train()  # and it distils
     assert float(_rows(second.csv)[-1]["train/mimic_loss"]) > 0
+
+
+def test_multi_gpu_relaunch_rebuilds_the_kd_trainer(tmp_path, tiny_data):
+    """Ultralytics' DDP relaunch, minus NCCL: its generated worker script rebuilds the trainer from the cloudpickled
+    class, ``vars(args)`` and callbacks; run without torch.distributed it trains in one CPU process."""
+    import subprocess
+    import sys
+
+    from ultralytics.utils.dist import generate_ddp_file
+
+    trainer = make_trainer(tmp_path, tiny_data, method="mimic", weight=2.5, epochs=1)
+    with trainer.kd_in_args():
+        script = generate_ddp_file(trainer)
+    assert not hasattr(trainer.args, "method")  # args hold Ultralytics keys only outside the relaunch
+    r = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "yolokd: method=mimic {'weight': 2.5}" in r.stdout + r.stderr
+    assert float(_rows(trainer.csv)[-1]["train/mimic_loss"]) > 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,14 +187,24 @@ class KDTrainer(DetectionTrainer):
             )
 
     def train(self):
-        """Train; for a multi-GPU relaunch, carry the KD settings in ``args`` (the workers pop them again)."""
+        """Train; a multi-GPU relaunch gets the KD settings through ``args`` (see ``kd_in_args``)."""
         if not self.ddp:
             return super().train()
+        with self.kd_in_args():
+            return super().train()
+
+    @contextmanager
+    def kd_in_args(self):
+        """Put the KD settings into ``args`` while Ultralytics pickles ``vars(args)`` for its DDP workers.
+
+        The worker rebuilds ``type(self)(cfg=..., overrides=vars(args))``, whose ``__init__`` pops them again before
+        Ultralytics' key check; outside this context ``args`` holds only Ultralytics keys.
+        """
         extra = self.kd.as_overrides()
         for k, v in extra.items():
             setattr(self.args, k, v)
         try:
-            return super().train()
+            yield
         finally:
             for k in extra:
                 delattr(self.args, k)
