@@ -31,7 +31,11 @@ def _fingerprint(path: str | Path) -> str:
 
 
 def teacher_cache_key(teacher: str, data_yaml: str, settings: dict[str, Any]) -> str:
-    """Key of a fine-tuned teacher: teacher weights, dataset YAML and labels folder, training settings."""
+    """Key of a fine-tuned teacher: teacher weights, the dataset YAML's content, training settings, Ultralytics version.
+
+    Label files are not hashed (a large dataset would make every run slow): after editing labels in place, delete the
+    cached teacher under ``$YOLOKD_CACHE/teachers`` or change the YAML.
+    """
     import ultralytics
 
     parts = [_fingerprint(teacher), _fingerprint(data_yaml), json.dumps(settings, sort_keys=True), ultralytics.__version__]
