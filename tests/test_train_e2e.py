@@ -207,3 +207,15 @@ def test_multi_gpu_relaunch_rebuilds_the_kd_trainer(tmp_path, tiny_data):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "yolokd: method=mimic {'weight': 2.5}" in r.stdout + r.stderr
     assert float(_rows(trainer.csv)[-1]["train/mimic_loss"]) > 0
+
+
+def test_teacher_with_same_count_but_other_names_is_fine_tuned_too(tmp_path, tiny_data):
+    from ultralytics.nn.tasks import DetectionModel
+
+    m = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    m.names = {0: "truck", 1: "bus", 2: "van"}
+    torch.save({"model": m.half()}, tmp_path / "other.pt")
+    with pytest.raises(KDConfigError, match="differ from the dataset's"):
+        make_trainer(tmp_path, tiny_data, teacher=str(tmp_path / "other.pt"))
+    tr = make_trainer(tmp_path, tiny_data, teacher=str(tmp_path / "other.pt"), teacher_epochs=1)
+    assert tr.teacher.names == {0: "car", 1: "pedestrian", 2: "cyclist"}

@@ -104,6 +104,13 @@ def load_teacher(path: str, data: dict[str, Any], device: torch.device | str = "
     return teacher
 
 
+def classes_match(model: nn.Module, data: dict[str, Any]) -> bool:
+    """Whether a detector was trained on exactly the dataset's classes (count, names and order)."""
+    names = {int(k): v for k, v in dict(data["names"]).items()}
+    m_names = {int(k): v for k, v in dict(getattr(model, "names", {}) or {}).items()}
+    return int(detect_head(model).nc) == len(names) and (not m_names or m_names == names)
+
+
 def check_compatible(
     teacher: nn.Module, data: dict[str, Any], teacher_src: str, student: nn.Module | None = None
 ) -> None:

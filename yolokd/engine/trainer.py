@@ -27,7 +27,7 @@ from yolokd.engine.criterion import KDCriterion
 from yolokd.engine.models import (
     KDConfigError,
     check_compatible,
-    detect_head,
+    classes_match,
     head_channels,
     load_teacher,
     resolve_model,
@@ -112,7 +112,7 @@ class KDTrainer(DetectionTrainer):
             return
         src = resolve_model(self.kd.teacher, "teacher")
         teacher = load_teacher(src, self.data)
-        if int(detect_head(teacher).nc) != int(self.data["nc"]) and self.kd.teacher_epochs > 0 and RANK in {-1, 0}:
+        if not classes_match(teacher, self.data) and self.kd.teacher_epochs > 0 and RANK in {-1, 0}:
             from yolokd.engine.teacher import finetune_teacher
 
             best, self.teacher_metrics = finetune_teacher(
