@@ -5,16 +5,15 @@
    cyclist), caches it (later demos reuse it) and reports its mAP.
 3. Trains yolov8n students from the COCO-pretrained yolov8n with identical settings: ``none`` (no KD),
    ``ultralytics`` (the built-in distillation reproduced) and ``mimic`` (FitNet on the neck features).
+4. Prints and saves a table whose every number comes from these runs (final-epoch mAP50-95 and mAP50, deltas vs
+   ``none`` and vs ``ultralytics``, median seconds per iteration) and a plot, under ``runs/demo/``.
 
 The COCO weights are looked up locally (``$YOLOKD_WEIGHTS``, ``../shared/data/weights`` next to the checkout,
 Ultralytics' weights dir, the working directory); nothing is downloaded. Without them the demo trains both models from
 scratch, which at this budget gives near-zero mAP, and says so.
-4. Prints and saves a table whose every number comes from these runs (final-epoch mAP50-95 and mAP50, deltas vs
-   ``none`` and vs ``ultralytics``, median seconds per iteration) and a plot, under ``runs/demo/``.
 
 What it shows: the whole pipeline working offline end to end, and the size of the KD effect at this tiny budget. What it
-does not show: converged accuracy or a statistically solid ranking of methods (one seed, a few epochs); for that use the
-benchmark protocols in ``docs/benchmarks.md``.
+does not show: converged accuracy or a statistically solid ranking of methods (one seed, two epochs).
 """
 
 from __future__ import annotations

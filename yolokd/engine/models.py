@@ -104,10 +104,14 @@ def load_teacher(path: str, data: dict[str, Any], device: torch.device | str = "
     return teacher
 
 
+def _names(names: Any) -> dict[int, str]:
+    """Class names as {int: str}, whatever form a checkpoint or data YAML stores them in."""
+    return {int(k): v for k, v in dict(names or {}).items()}
+
+
 def classes_match(model: nn.Module, data: dict[str, Any]) -> bool:
     """Whether a detector was trained on exactly the dataset's classes (count, names and order)."""
-    names = {int(k): v for k, v in dict(data["names"]).items()}
-    m_names = {int(k): v for k, v in dict(getattr(model, "names", {}) or {}).items()}
+    names, m_names = _names(data["names"]), _names(getattr(model, "names", None))
     return int(detect_head(model).nc) == len(names) and (not m_names or m_names == names)
 
 
@@ -119,8 +123,7 @@ def check_compatible(
     The student always adopts the dataset's classes (Ultralytics builds its head for ``data``), so classes are checked
     between teacher and data; channels for both models; strides between teacher and student once the student exists.
     """
-    names = {int(k): v for k, v in dict(data["names"]).items()}
-    t_names = {int(k): v for k, v in dict(getattr(teacher, "names", {}) or {}).items()}
+    names, t_names = _names(data["names"]), _names(getattr(teacher, "names", None))
     t_nc = int(detect_head(teacher).nc)
     if t_nc != len(names):
         raise KDConfigError(

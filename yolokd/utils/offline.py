@@ -1,6 +1,6 @@
 """Offline safety: switch off every network touch of Ultralytics before it is imported.
 
-Measured on Ultralytics 8.4.190 (see ``docs/offline.md``): ``YOLO_OFFLINE`` is read once at import, the font check
+Measured on Ultralytics 8.4.190 (``../shared/docs/ultralytics-offline.md``): ``YOLO_OFFLINE`` is read once at import, the font check
 downloads ``Arial.ttf`` unless a file of that name sits in the user config dir (it ignores ``YOLO_OFFLINE``), and
 analytics events are sent unless ``sync`` is off. A user who wants Ultralytics' automatic weight downloads sets
 ``YOLO_OFFLINE=0`` explicitly; yolokd then delegates missing ``*.pt`` names to Ultralytics.
