@@ -3,6 +3,8 @@
     yolokd train teacher=teacher.pt student=yolov8n.yaml method=mimic data=kitti.yaml epochs=100 imgsz=640
     yolokd val model=runs/detect/train/weights/best.pt data=kitti.yaml
     yolokd export model=runs/detect/train format=onnx
+    yolokd convert kitti src=KITTI/training dst=datasets/kitti policy=merge
+    yolokd bench protocol=kitti-1k methods=none,ultralytics seeds=0
     yolokd demo
     yolokd methods
     yolokd help
@@ -19,7 +21,8 @@ import yaml
 import yolokd  # noqa: F401  (sets the offline switches before anything imports Ultralytics)
 
 #: Values of these keys are names or paths and are never converted (``method=none`` must stay the string "none").
-_STRING_KEYS = {"teacher", "student", "model", "method", "data", "project", "name", "format", "device", "optimizer"}
+_STRING_KEYS = {"teacher", "student", "model", "method", "data", "project", "name", "format", "device", "optimizer",
+                "src", "dst", "instances", "images", "policy", "split", "protocol", "methods"}
 
 HELP = f"""yolokd {yolokd.__version__}: knowledge distillation for Ultralytics YOLO.
 
@@ -37,6 +40,13 @@ Modes:
            Resume a killed run: yolokd train resume=runs/detect/train/weights/last.pt
   val      Validate a checkpoint:  yolokd val model=best.pt data=data.yaml
   export   Export a checkpoint:    yolokd export model=best.pt format=onnx   (any Ultralytics format)
+  convert  Datasets to YOLO format:
+             yolokd convert kitti src=KITTI/training dst=DIR [policy=merge|papers|all8] [val_fraction=0.2] [seed=0]
+             yolokd convert coco-traffic instances=instances_train2017.json images=train2017/ dst=DIR
+                    [split=train2017] [classes=13|11]
+  bench    Compare methods under a named, versioned protocol (cfg/protocols), resumable:
+             yolokd bench protocol=kitti-1k methods=none,ultralytics seeds=0,1,2 [project=runs/bench]
+             yolokd bench protocols       (list them)
   demo     Teacher, then students with none / ultralytics / mimic on synthetic scenes, and a results table
   methods  List the methods, their loss terms and hyperparameters with defaults
   help     This text
@@ -104,6 +114,37 @@ def cmd_methods() -> None:
         print("    hyperparameters: " + (", ".join(f"{k}={v}" for k, v in hp.items()) or "none"))
 
 
+def cmd_convert(rest: list[str]) -> int:
+    """``yolokd convert kitti|coco-traffic key=value ...``."""
+    kinds = {"kitti": ("src", "dst"), "coco-traffic": ("instances", "images", "dst")}
+    if not rest or rest[0] not in kinds:
+        raise SystemExit(f"yolokd convert: say what to convert: {' or '.join(kinds)} (see `yolokd help`)")
+    kind, kw = rest[0], parse_args(rest[1:])
+    missing = [k for k in kinds[kind] if k not in kw]
+    if missing:
+        raise SystemExit(f"yolokd convert {kind}: missing {', '.join(k + '=' for k in missing)}")
+    if kind == "kitti":
+        from yolokd.data.kitti import convert_kitti
+
+        allowed = {"src", "dst", "policy", "val_fraction", "seed"}
+        fn = convert_kitti
+    else:
+        from yolokd.data.coco_traffic import convert_coco_traffic
+
+        allowed = {"instances", "images", "dst", "split", "classes"}
+        fn = convert_coco_traffic
+        if "classes" in kw:
+            kw["n_classes"] = kw.pop("classes")
+            allowed = allowed - {"classes"} | {"n_classes"}
+    extra = set(kw) - allowed
+    if extra:
+        raise SystemExit(f"yolokd convert {kind}: unknown key(s) {sorted(extra)}; valid: {sorted(allowed)}")
+    out = fn(**kw)
+    stats = Path(out).parent / "stats.yaml"
+    print(f"yolokd convert {kind}: wrote {out}" + (f"\n{stats.read_text()}" if stats.exists() else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -117,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     if mode == "methods":
         cmd_methods()
         return 0
+    if mode == "convert":
+        return cmd_convert(rest)
+    if mode == "bench":
+        from yolokd.bench.runner import cmd_bench
+
+        return cmd_bench(rest)
     kw = parse_args(rest)
     if mode == "train":
         from yolokd.engine.trainer import KDTrainer
@@ -146,17 +193,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import difflib
 
-    close = difflib.get_close_matches(mode, ["train", "val", "export", "demo", "methods", "help"], n=1)
+    close = difflib.get_close_matches(mode, ["train", "val", "export", "convert", "bench", "demo", "methods", "help"], n=1)
     raise SystemExit(f"yolokd: unknown mode '{mode}'." + (f" Did you mean '{close[0]}'?" if close else "")
                      + " See `yolokd help`.")
 
 
 def entrypoint() -> None:
     """Console-script entry point: clear one-line errors for bad input, full tracebacks for bugs."""
+    from yolokd.bench.runner import BenchJobError
     from yolokd.engine.models import KDConfigError
 
     try:
         sys.exit(main())
-    except (KDConfigError, FileNotFoundError, ValueError) as e:
+    except (KDConfigError, FileNotFoundError, ValueError) as e:  # ProtocolError is a ValueError
         print(f"yolokd: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BenchJobError as e:  # a benchmark run failed: its log has the traceback
+        print(f"yolokd: {e}", file=sys.stderr)
+        sys.exit(1)

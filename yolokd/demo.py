@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from yolokd.utils.paths import find_weights  # noqa: F401  (re-exported: part of the demo's public surface)
+
 #: Demo settings, chosen so that the first run (teacher included) fits in 10 minutes on 2 CPU cores. All images are
 #: 512x160, so rect batches (320x128) keep shuffling and spend no compute on letterbox padding.
 DEMO = dict(
@@ -31,25 +33,6 @@ DEMO = dict(
     imgsz=320, rect=True, batch=16, teacher_epochs=2, student_epochs=2, workers=0,  # training
     methods=("none", "ultralytics", "mimic"),
 )
-
-
-def find_weights(name: str) -> Path | None:
-    """A local copy of an official checkpoint (never downloaded)."""
-    import os
-
-    from yolokd.utils.paths import ROOT
-
-    dirs = [os.environ.get("YOLOKD_WEIGHTS"), ROOT.parent / "shared" / "data" / "weights", Path.cwd()]
-    try:
-        from ultralytics.utils import SETTINGS
-
-        dirs.append(SETTINGS.get("weights_dir"))
-    except Exception:  # pragma: no cover
-        pass
-    for d in dirs:
-        if d and (Path(d) / name).is_file():
-            return (Path(d) / name).resolve()
-    return None
 
 
 class _IterTimer:

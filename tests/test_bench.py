@@ -1,0 +1,132 @@
+"""Benchmark harness: protocols, resumable runs in worker processes, and the tables (checked against hand values)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY
+
+
+def _tiny_protocol(data: str) -> dict:
+    train = {k: v for k, v in TINY.items() if k not in {"seed", "exist_ok", "plots"}}
+    train["epochs"] = 1
+    return {"name": "tiny", "version": 1, "setting": "test", "description": "tiny test protocol", "data": data,
+            "teacher": {"init": "yolov8s.yaml", "epochs": 0}, "student": "yolov8n.yaml", "train": train,
+            "metric": "mAP50-95", "headline": "final", "variants": {"none-lowlr": {"method": "none", "lr0": 1e-4}}}
+
+
+def test_bench_runs_tabulates_and_resumes(tiny_data, tmp_path):
+    from yolokd.bench.runner import run_bench
+
+    proto = _tiny_protocol(tiny_data)
+    res = run_bench(proto, methods=["none", "mimic"], seeds=[0], project=tmp_path, log=lambda s: None)
+    out = res["out"]
+    assert res["ran"] == ["teacher", "none-s0", "mimic-s0"]
+    with open(out / "results.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    assert [(r["entry"], r["method"], r["seed"]) for r in runs] == [("none", "none", "0"), ("mimic", "mimic", "0")]
+    for r in runs:
+        for k in ("final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50"):
+            assert 0.0 <= float(r[k]) <= 1.0
+        assert float(r["s_per_it"]) > 0 and float(r["peak_rss_mib"]) > 100 and r["epochs"] == "1"
+    # The per-run numbers are the Ultralytics run's own results.csv (final epoch).
+    ul = list(csv.DictReader(open(out / "runs" / "mimic-s0" / "results.csv")))
+    assert float(runs[1]["final_mAP50-95"]) == pytest.approx(float(ul[-1]["metrics/mAP50-95(B)"].strip()))
+    md = (out / "summary.md").read_text()
+    assert "tiny v1" in md and "yolokd bench protocol=tiny methods=none,mimic seeds=0" in md
+    assert md.count("\n| none |") == 1 and md.count("\n| mimic |") == 1
+    assert (out / "summary.png").stat().st_size > 0 and (out / "recipe.yaml").exists()
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert float(summary[0]["delta_vs_none"]) == 0.0
+
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    again = run_bench(proto, methods=["none", "mimic"], seeds=[0], project=tmp_path, log=lambda s: None)
+    assert again["ran"] == []  # nothing re-run
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == mtimes
+
+    # An unfinished run (no result.json) is re-run; the finished ones are not.
+    (out / "runs" / "mimic-s0" / "result.json").unlink()
+    third = run_bench(proto, methods=["none", "mimic"], seeds=[0], project=tmp_path, log=lambda s: None)
+    assert third["ran"] == ["mimic-s0"]
+
+    # Editing the protocol without bumping its version is refused rather than mixed into the same table.
+    changed = _tiny_protocol(tiny_data)
+    changed["train"]["imgsz"] = 96
+    from yolokd.bench.protocol import ProtocolError
+
+    with pytest.raises(ProtocolError, match="bump its 'version'"):
+        run_bench(changed, methods=["none"], project=tmp_path, log=lambda s: None)
+
+
+def test_summarise_against_hand_values():
+    from yolokd.bench.report import summarise
+
+    def run(entry, seed, f, b):
+        return {"entry": entry, "method": entry.split("-")[0], "seed": seed, "final_mAP50-95": f, "final_mAP50": f + .2,
+                "best_mAP50-95": b, "best_mAP50": b + .2, "s_per_it": 1.0 + seed, "peak_rss_mib": 1000.0 + seed}
+
+    runs = [run("none", 0, 0.30, 0.35), run("none", 1, 0.34, 0.36), run("ultralytics", 0, 0.36, 0.37),
+            run("ultralytics", 1, 0.38, 0.38), run("mimic", 0, 0.40, 0.40)]
+    rows = {r["entry"]: r for r in summarise(runs, {"mAP50-95": 0.42, "mAP50": 0.62}, "final_mAP50-95")}
+    assert rows["none"]["final_mAP50-95"] == pytest.approx(0.32)
+    assert rows["none"]["final_mAP50-95_std"] == pytest.approx(math.sqrt(((0.02) ** 2 * 2) / 1))  # sample std
+    assert rows["ultralytics"]["delta_vs_none"] == pytest.approx(0.37 - 0.32)
+    assert rows["mimic"]["delta_vs_ultralytics"] == pytest.approx(0.40 - 0.37)
+    assert rows["ultralytics"]["gap_closed"] == pytest.approx((0.37 - 0.32) / (0.42 - 0.32))
+    assert rows["none"]["gap_closed"] == 0.0
+    assert math.isnan(rows["mimic"]["final_mAP50-95_std"])  # one seed: no std
+    assert rows["none"]["s_per_it"] == pytest.approx(1.5) and rows["none"]["peak_rss_mib"] == 1001.0
+    assert rows["none"]["n_seeds"] == 2 and rows["mimic"]["seeds"] == "0"
+    # A teacher that is not better than the plain student has no gap to close.
+    worse = summarise(runs, {"mAP50-95": 0.30, "mAP50": 0.5}, "final_mAP50-95")
+    assert all(math.isnan(r["gap_closed"]) for r in worse)
+
+
+def test_shipped_protocols_are_valid():
+    from yolokd.bench.protocol import entries, list_protocols, load_protocol, recipe, recipe_hash
+
+    names = list_protocols()
+    assert {"synthetic", "synthetic-tune", "kitti-1k", "coco128-ft"} <= set(names)
+    for n in names:
+        p = load_protocol(n)
+        entries(p, p["methods"])  # every listed method or variant exists
+        assert recipe_hash(recipe(p)) != recipe_hash(recipe(p, {"epochs": 1}))
+    syn, tune = load_protocol("synthetic"), load_protocol("synthetic-tune")
+    assert syn["data"]["synthetic"]["seed"] != tune["data"]["synthetic"]["seed"]  # tuning never on the reported split
+    assert {k: v for k, v in syn["data"]["synthetic"].items() if k != "seed"} == \
+        {k: v for k, v in tune["data"]["synthetic"].items() if k != "seed"}
+
+
+def test_protocol_errors(tmp_path):
+    from yolokd.bench.protocol import ProtocolError, entries, load_protocol
+
+    with pytest.raises(ProtocolError, match="coco128-ft"):
+        load_protocol("kitti1k")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "b", "version": 1, "data": "x", "teacher": {}, "student": "s", "train": {},
+                                   "epoch": 3}))
+    with pytest.raises(ProtocolError, match="epoch"):
+        load_protocol(str(bad))
+    with pytest.raises(ProtocolError, match="neither a method"):
+        entries(load_protocol("coco128-ft"), ["nonee"])
+
+
+def test_shared_data_is_copied_out_of_the_read_only_folder(tmp_path, monkeypatch):
+    from yolokd.bench.protocol import resolve_data
+
+    shared = tmp_path / "shared"
+    (shared / "toy" / "labels").mkdir(parents=True)
+    (shared / "toy" / "toy.yaml").write_text("train: images\nval: images\nnames: {0: a}\n")
+    (shared / "toy" / "labels" / "x.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (shared / "toy" / "labels" / "labels.cache").write_text("stale")
+    monkeypatch.setenv("YOLOKD_DATA", str(shared))
+    monkeypatch.setenv("YOLOKD_CACHE", str(tmp_path / "cache"))
+    y = Path(resolve_data("shared:toy/toy.yaml"))
+    assert y == tmp_path / "cache" / "datasets" / "toy" / "toy.yaml" and y.read_text().startswith("train: images")
+    assert (y.parent / "labels" / "x.txt").exists() and not (y.parent / "labels" / "labels.cache").exists()
+    with pytest.raises(FileNotFoundError, match="shared/data/nope"):
+        resolve_data("shared:nope/nope.yaml")

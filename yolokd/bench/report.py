@@ -1,0 +1,140 @@
+"""Benchmark tables: per-run CSV, per-entry summary (mean ± std over seeds) as CSV and Markdown, and a plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+#: Per-run columns of results.csv, in order.
+RUN_COLUMNS = ["entry", "method", "seed", "final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50", "best_epoch",
+               "epochs", "s_per_it", "s_per_it_p25", "s_per_it_p75", "peak_rss_mib", "cuda_peak_mib", "kd_det_ratio",
+               "wall_s"]
+METRICS = ["final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50"]
+NAN = float("nan")
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    vals = [v for v in vals if v == v]
+    if not vals:
+        return NAN, NAN
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else NAN
+
+
+def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: str) -> list[dict[str, Any]]:
+    """One row per entry: mean/std of every metric, deltas and the teacher-student gap closed on ``headline``.
+
+    Args:
+        runs: Per-run results.
+        teacher: The teacher's own metrics on the same split (``mAP50-95``, ``mAP50``).
+        headline: Column the deltas use, e.g. ``final_mAP50``.
+    """
+    order: list[str] = []
+    for r in runs:
+        if r["entry"] not in order:
+            order.append(r["entry"])
+    rows = []
+    for e in order:
+        rs = [r for r in runs if r["entry"] == e]
+        row: dict[str, Any] = {"entry": e, "method": rs[0]["method"], "n_seeds": len(rs),
+                               "seeds": " ".join(str(r["seed"]) for r in rs)}
+        for m in METRICS:
+            row[m], row[m + "_std"] = _mean_std([r[m] for r in rs])
+        row["s_per_it"] = statistics.median(r["s_per_it"] for r in rs)
+        row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rs)
+        row["cuda_peak_mib"] = max((r.get("cuda_peak_mib", NAN) for r in rs), default=NAN)
+        row["kd_det_ratio"] = _mean_std([r.get("kd_det_ratio", NAN) for r in rs])[0]
+        rows.append(row)
+    by = {r["entry"]: r for r in rows}
+    t = teacher.get(headline.split("_", 1)[1], NAN)
+    for row in rows:
+        for base in ("none", "ultralytics"):
+            row[f"delta_vs_{base}"] = row[headline] - by[base][headline] if base in by else NAN
+        none = by.get("none", {}).get(headline, NAN)
+        gap = t - none
+        row["gap_closed"] = (row[headline] - none) / gap if gap == gap and gap > 0 else NAN
+    return rows
+
+
+def write_runs_csv(path: Path, runs: list[dict[str, Any]]) -> None:
+    """Every finished run, one row each."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RUN_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in runs:
+            w.writerow({k: r.get(k, "") for k in RUN_COLUMNS})
+
+
+def write_summary_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The per-entry summary, machine-readable."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _f(v: float, std: float = NAN, sign: bool = False) -> str:
+    if v != v:
+        return "-"
+    s = f"{v:+.3f}" if sign else f"{v:.3f}"
+    return s + (f" ± {std:.3f}" if std == std else "")
+
+
+def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    """The summary as Markdown, headed by everything needed to trace and rerun it."""
+    r, teacher, init = info["recipe"], info["teacher"], info.get("student_init")
+    head = info["headline"]
+    lines = [
+        f"### {r['name']} v{r['version']} (recipe {info['hash']}, {r.get('setting', '')})",
+        "",
+        f"Command: `{info['command']}`  ",
+        f"Results: `{info['out']}` (results.csv: every run; summary.csv: this table)  ",
+        f"Teacher `{Path(str(r['teacher']['init'])).name}`"
+        + (f" fine-tuned {r['teacher']['epochs']} epochs" if r["teacher"].get("epochs") else "")
+        + f": mAP50-95 {_f(teacher['mAP50-95'])}, mAP50 {_f(teacher['mAP50'])} on the same val split.  ",
+    ]
+    if init:
+        lines.append(f"Student init `{Path(str(r['student'])).name}` before training: mAP50-95 {_f(init['mAP50-95'])}, "
+                     f"mAP50 {_f(init['mAP50'])}.  ")
+    lines += [
+        f"Mean ± std over seeds (std shown from 2 seeds). Deltas and gap closed use **{head}** "
+        f"(gap closed = (KD − none) / (teacher − none)). s/it: median training iteration; peak: process RSS.",
+        "",
+        "| entry | seeds | final mAP50-95 | final mAP50 | best mAP50-95 | best mAP50 | Δ vs none | Δ vs ultralytics "
+        "| gap closed | s/it | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['entry']} | {row['seeds']} | {_f(row['final_mAP50-95'], row['final_mAP50-95_std'])} | "
+            f"{_f(row['final_mAP50'], row['final_mAP50_std'])} | {_f(row['best_mAP50-95'], row['best_mAP50-95_std'])} | "
+            f"{_f(row['best_mAP50'], row['best_mAP50_std'])} | {_f(row['delta_vs_none'], sign=True)} | "
+            f"{_f(row['delta_vs_ultralytics'], sign=True)} | {_f(row['gap_closed'])} | {row['s_per_it']:.2f} | "
+            f"{row['peak_rss_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    """Bars of final mAP50-95 and mAP50 per entry (error bars: std over seeds), teacher as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(rows), 3.6))
+    x = range(len(rows))
+    for off, m, c in ((-0.2, "final_mAP50-95", "C0"), (0.2, "final_mAP50", "C1")):
+        err = [0 if math.isnan(r[m + "_std"]) else r[m + "_std"] for r in rows]
+        ax.bar([i + off for i in x], [r[m] for r in rows], 0.4, yerr=err, color=c, label=m.replace("final_", ""))
+    ax.axhline(info["teacher"]["mAP50-95"], ls="--", c="C0", lw=1, label="teacher mAP50-95")
+    ax.axhline(info["teacher"]["mAP50"], ls=":", c="C1", lw=1, label="teacher mAP50")
+    ax.set_xticks(list(x), [r["entry"] for r in rows], rotation=20, fontsize=8)
+    ax.set_ylabel("final-epoch mAP (val)")
+    r = info["recipe"]
+    ax.set_title(f"{r['name']} v{r['version']} ({info['hash']})", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
