@@ -33,6 +33,7 @@ class YoloKD:
         self.hparams = resolve_hparams(method, method_args)
         self.teacher, self.student, self.method = teacher, student, method
         self.trainer = None
+        self.export_report: dict | None = None
         self.metrics: dict[str, float] = {}
         self.final_metrics: dict[str, float] = {}
 
@@ -72,11 +73,13 @@ class YoloKD:
         kwargs.setdefault("data", str(self.trainer.args.data))
         return YOLO(str(self.weights)).val(**kwargs)
 
-    def export(self, **kwargs: Any):
-        """Export ``best.pt`` with Ultralytics' exporter (e.g. ``format="onnx"``); returns the exported file's path."""
-        from ultralytics import YOLO
+    def export(self, **kwargs: Any) -> str:
+        """Export ``best.pt`` (``yolokd.deploy.export.export``: Ultralytics' exporter, then the parity check for ONNX,
+        ``val=True``, ``format="jetson"``); returns the exported file's path. The full report is ``.export_report``."""
+        from yolokd.deploy.export import export
 
-        return YOLO(str(self.weights)).export(**kwargs)
+        self.export_report = export(self.weights, **kwargs)
+        return self.export_report["exported"]
 
 
 def read_last_epoch(csv_path: str | Path) -> dict[str, float]:

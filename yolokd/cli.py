@@ -39,7 +39,11 @@ Modes:
            data=synthetic (the default) uses the built-in synthetic driving scenes.
            Resume a killed run: yolokd train resume=runs/detect/train/weights/last.pt
   val      Validate a checkpoint:  yolokd val model=best.pt data=data.yaml
-  export   Export a checkpoint:    yolokd export model=best.pt format=onnx   (any Ultralytics format)
+  export   Export a checkpoint or run dir with Ultralytics' exporter, then check it:
+             yolokd export model=best.pt format=onnx [imgsz=640] [dynamic=True] [half=True] [int8=True data=D.yaml]
+           ONNX exports are checked against the checkpoint on real images (data= val split, images=DIR, or
+           Ultralytics' samples) and fail if parity breaks; val=True data=D.yaml also reports both mAPs.
+             yolokd export model=best.pt format=jetson data=D.yaml   ONNX + a bundle to build FP16/INT8 engines on a Jetson
   convert  Datasets to YOLO format:
              yolokd convert kitti src=KITTI/training dst=DIR [policy=merge|papers|all8] [val_fraction=0.2] [seed=0]
              yolokd convert coco-traffic instances=instances_train2017.json images=train2017/ dst=DIR
@@ -84,21 +88,6 @@ def _value(v: str) -> Any:
     except yaml.YAMLError:
         return v
     return None if isinstance(val, str) and val.lower() in {"none", "null"} else val
-
-
-def _weights(model: str | None) -> str:
-    """A checkpoint path from ``model=``: a .pt file, or a run directory (its weights/best.pt)."""
-    if not model:
-        raise SystemExit("yolokd: model= is required (a .pt checkpoint or a run directory)")
-    p = Path(model)
-    if p.is_dir():
-        for cand in (p / "weights" / "best.pt", p / "weights" / "last.pt", p / "best.pt"):
-            if cand.exists():
-                return str(cand)
-        raise SystemExit(f"yolokd: no weights/best.pt or weights/last.pt in {p}")
-    if not p.exists():
-        raise SystemExit(f"yolokd: model={model} not found")
-    return str(p)
 
 
 def cmd_methods() -> None:
@@ -170,21 +159,33 @@ def main(argv: list[str] | None = None) -> int:
 
         KDTrainer(overrides=kw).train()
         return 0
-    if mode in {"val", "export"}:
+    if mode == "val":
         from yolokd.utils.offline import prepare_ultralytics
 
         prepare_ultralytics()
         from ultralytics import YOLO
 
-        model = YOLO(_weights(kw.pop("model", None)))
-        if mode == "val":
-            if "data" in kw:
-                from yolokd.data import resolve_data
+        from yolokd.deploy.export import checkpoint_path
 
-                kw["data"] = resolve_data(kw["data"])
-            model.val(**kw)
-        else:
-            print(model.export(**kw))
+        model = YOLO(str(checkpoint_path(kw.pop("model", None))))
+        if "data" in kw:
+            from yolokd.data import resolve_data
+
+            kw["data"] = resolve_data(kw["data"])
+        model.val(**kw)
+        return 0
+    if mode == "export":
+        from yolokd.utils.offline import prepare_ultralytics
+
+        prepare_ultralytics()
+        from yolokd.deploy.export import export
+
+        if "data" in kw:
+            from yolokd.data import resolve_data
+
+            kw["data"] = resolve_data(kw["data"])
+        report = export(kw.pop("model", None), **kw)
+        print(report["exported"])
         return 0
     if mode == "demo":
         from yolokd.demo import run_demo
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 def entrypoint() -> None:
     """Console-script entry point: clear one-line errors for bad input, full tracebacks for bugs."""
     from yolokd.bench.runner import BenchJobError
+    from yolokd.deploy.parity import ParityError
     from yolokd.engine.models import KDConfigError
 
     try:
@@ -208,6 +210,6 @@ def entrypoint() -> None:
     except (KDConfigError, FileNotFoundError, ValueError) as e:  # ProtocolError is a ValueError
         print(f"yolokd: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except BenchJobError as e:  # a benchmark run failed: its log has the traceback
+    except (BenchJobError, ParityError) as e:  # a benchmark run failed (its log has the traceback); a broken export
         print(f"yolokd: {e}", file=sys.stderr)
         sys.exit(1)

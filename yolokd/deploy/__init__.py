@@ -1,0 +1,1 @@
+"""Deployment: Ultralytics export plus parity checks, exported-model validation and the Jetson bundle."""
