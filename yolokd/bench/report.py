@@ -95,7 +95,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         + (f" fine-tuned {r['teacher']['epochs']} epochs" if r["teacher"].get("epochs") else "")
         + f": mAP50-95 {_f(teacher['mAP50-95'])}, mAP50 {_f(teacher['mAP50'])} on the same val split.  ",
     ]
-    if init:
+    if init and init["mAP50-95"] == init["mAP50-95"]:  # NaN when the init has other classes (no reference)
         lines.append(f"Student init `{Path(str(r['student'])).name}` before training: mAP50-95 {_f(init['mAP50-95'])}, "
                      f"mAP50 {_f(init['mAP50'])}.  ")
     lines += [

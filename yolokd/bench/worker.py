@@ -70,7 +70,20 @@ def job_teacher(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_student_init(job: dict[str, Any]) -> dict[str, Any]:
-    """The untouched student initialisation on the same split: the reference that fine-tuning can erode."""
+    """The untouched student initialisation on the same split: the reference that fine-tuning can erode.
+
+    Only meaningful when the checkpoint already has the data's classes (coco128-ft); otherwise (a COCO student on
+    KITTI) its head is re-initialised for training and there is nothing to measure: NaN, with the reason.
+    """
+    from ultralytics import YOLO
+    from ultralytics.data.utils import check_det_dataset
+
+    from yolokd.engine.models import classes_match
+
+    model = YOLO(job["student"])
+    if not classes_match(model.model, check_det_dataset(job["data"])):
+        return {"weights": job["student"], "mAP50-95": float("nan"), "mAP50": float("nan"),
+                "note": "the student checkpoint's classes differ from the data's: its head is re-initialised"}
     return {"weights": job["student"], **validate(job["student"], job["data"], job["train"])}
 
 
