@@ -130,3 +130,19 @@ def test_shared_data_is_copied_out_of_the_read_only_folder(tmp_path, monkeypatch
     assert (y.parent / "labels" / "x.txt").exists() and not (y.parent / "labels" / "labels.cache").exists()
     with pytest.raises(FileNotFoundError, match="shared/data/nope"):
         resolve_data("shared:nope/nope.yaml")
+
+
+def test_a_redefined_variant_does_not_reuse_the_old_result(tmp_path):
+    import json
+
+    from yolokd.bench.protocol import ProtocolError
+    from yolokd.bench.runner import _run_job
+
+    run = tmp_path / "none-lowlr-s0"
+    run.mkdir()
+    (run / "job.json").write_text(json.dumps({"kind": "train", "method": "none", "args": {"lr0": 1e-4}}))
+    (run / "result.json").write_text(json.dumps({"final_mAP50-95": 0.3}))
+    same = {"kind": "train", "method": "none", "args": {"lr0": 1e-4}}
+    assert _run_job(run, same, log=lambda s: None) == ({"final_mAP50-95": 0.3}, False)
+    with pytest.raises(ProtocolError, match="another name"):
+        _run_job(run, {**same, "args": {"lr0": 1e-4, "warmup_bias_lr": 0.0}}, log=lambda s: None)

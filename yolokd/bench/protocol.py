@@ -116,8 +116,12 @@ def recipe(proto: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
 
 
 def recipe_hash(r: dict[str, Any]) -> str:
-    """Short content hash of a resolved recipe (descriptions excluded: rewording a comment changes no number)."""
-    core = {k: v for k, v in r.items() if k not in {"description", "budget"}}
+    """Short content hash of the settings every entry shares.
+
+    Excluded: descriptions (rewording changes no number) and ``variants``: a variant's definition is recorded in each of
+    its runs (``job.json``) and checked there, so adding a variant does not orphan the other entries' results.
+    """
+    core = {k: v for k, v in r.items() if k not in {"description", "budget", "variants"}}
     return hashlib.sha1(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
 
 

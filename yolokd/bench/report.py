@@ -99,7 +99,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         lines.append(f"Student init `{Path(str(r['student'])).name}` before training: mAP50-95 {_f(init['mAP50-95'])}, "
                      f"mAP50 {_f(init['mAP50'])}.  ")
     lines += [
-        f"Mean ± std over seeds (std shown from 2 seeds). Deltas and gap closed use **{head}** "
+        f"Mean ± sample std over seeds (no std with one seed). Deltas and gap closed use **{head}** "
         f"(gap closed = (KD − none) / (teacher − none)). s/it: median training iteration; peak: process RSS.",
         "",
         "| entry | seeds | final mAP50-95 | final mAP50 | best mAP50-95 | best mAP50 | Δ vs none | Δ vs ultralytics "
@@ -123,7 +123,7 @@ def plot(path: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(rows), 3.6))
+    fig, ax = plt.subplots(figsize=(3.2 + 1.1 * len(rows), 3.6))
     x = range(len(rows))
     for off, m, c in ((-0.2, "final_mAP50-95", "C0"), (0.2, "final_mAP50", "C1")):
         err = [0 if math.isnan(r[m + "_std"]) else r[m + "_std"] for r in rows]
@@ -134,7 +134,7 @@ def plot(path: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
     ax.set_ylabel("final-epoch mAP (val)")
     r = info["recipe"]
     ax.set_title(f"{r['name']} v{r['version']} ({info['hash']})", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

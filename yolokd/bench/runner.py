@@ -37,6 +37,11 @@ def _run_job(folder: Path, job: dict[str, Any], log: Callable[[str], None]) -> t
     """Result of a job: read back if finished before, else run it in a fresh process. Returns (result, ran)."""
     result = folder / "result.json"
     if result.exists():
+        old = json.loads((folder / "job.json").read_text())
+        for k in ("method", "args"):  # a variant redefined under the same name must not reuse the old result
+            if k in job and old.get(k) != job[k]:
+                raise ProtocolError(f"{folder.name} was run with {k}={old.get(k)}, the protocol now says {job[k]}: give "
+                                    f"the new definition another name, or delete {folder} to replace the result")
         return json.loads(result.read_text()), False
     shutil.rmtree(folder, ignore_errors=True)  # an unfinished run restarts from scratch: no half-trained state mixes in
     folder.mkdir(parents=True)

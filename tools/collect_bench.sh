@@ -1,0 +1,16 @@
+#!/bin/sh
+# Copy a protocol's result files (not the training runs) from runs/bench into docs/bench, so every number in
+# docs/benchmarks.md points to a file in the repository:  sh tools/collect_bench.sh synthetic-v1 [kitti-1k-v1 ...]
+set -e
+for p in "$@"; do
+  src=runs/bench/$p; dst=docs/bench/$p
+  mkdir -p "$dst"
+  cp "$src/recipe.yaml" "$src/results.csv" "$src/summary.csv" "$src/summary.md" "$src/summary.png" "$dst/"
+  cp "$src/teacher/result.json" "$dst/teacher.json"
+  [ -f "$src/student-init/result.json" ] && cp "$src/student-init/result.json" "$dst/student-init.json"
+  for r in "$src"/runs/*/; do
+    n=$(basename "$r"); cp "$r/result.json" "$dst/run-$n.json"; cp "$r/job.json" "$dst/run-$n.job.json"
+    cp "$r/args.yaml" "$dst/run-$n.args.yaml"  # the full Ultralytics arguments (KD settings are in job.json)
+  done
+  echo "collected $p -> $dst"
+done
