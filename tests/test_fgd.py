@@ -288,6 +288,12 @@ def test_gradients_reach_student_adapters_and_both_gcblocks_never_the_teacher():
     loss.sum().backward()
     for blocks in (m.gc_student, m.gc_teacher):
         for name, p in blocks.named_parameters():
+            if name.endswith("key.bias"):
+                # The key conv's bias shifts every spatial logit of the context softmax by the same amount, and a
+                # softmax is shift-invariant: its true gradient is 0 (float rounding leaves at most ~1e-9, sometimes
+                # exactly 0), so "reaches the parameter" cannot be asserted for it.
+                assert p.grad is None or p.grad.abs().max() < 1e-6, name
+                continue
             assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(x.grad is None for x in t)
 
