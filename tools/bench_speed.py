@@ -31,7 +31,7 @@ os.environ.setdefault("YOLOKD_CACHE", str(Path(tempfile.gettempdir()) / "yolokd-
 
 import yolokd  # noqa: E402,F401
 
-METHODS = ("none", "mimic", "ultralytics")
+METHODS = ("none", "mimic", "ultralytics", "fgd")  # the first is the reference of the ratios
 
 
 def setup(method: str, teacher: str, student: str, data: str, imgsz: int, batch: int, tmp: str):
@@ -97,7 +97,7 @@ def run_speed(a) -> dict:
     res = {m: {"median_s": statistics.median(v), "p25_s": _q(v, 0.25), "p75_s": _q(v, 0.75), "n": len(v)}
            for m, v in times.items()}
     base = res["none"]["median_s"] + res["teacher_fwd"]["median_s"]
-    for m in ("mimic", "ultralytics"):
+    for m in METHODS[1:]:
         res[m]["ratio_vs_student_plus_teacher"] = res[m]["median_s"] / base
         # per-round ratio, for its spread
         per = [k / (n + t) for k, n, t in zip(times[m], times["none"], times["teacher_fwd"])]
@@ -154,7 +154,7 @@ def run_memory(a) -> dict:
             raise RuntimeError(f"row {row} failed:\n{r.stderr[-2000:]}")
         out[row] = float(line[0].split()[1])
     teacher_extra = out["teacher"] - out["idle"]
-    for m in ("mimic", "ultralytics"):
+    for m in METHODS[1:]:
         out[f"{m}_ratio"] = out[m] / (out["none"] + teacher_extra)
     out["teacher_extra"] = teacher_extra
     return out
