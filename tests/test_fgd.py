@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from conftest import load_without_yolokd, make_trainer
 from yolokd.methods import KDBatch, build_method, method_defaults, reduce_terms
 from yolokd.methods.fgd import FGD, fgd_masks
 from yolokd.nn.gcblock import GcBlock
@@ -363,39 +362,4 @@ def test_hyperparameters_come_from_the_yaml_and_are_overridable():
         _build(temperature=0)
 
 
-# ------------------------------------------------------------------------------------------------------ end to end
-def test_train_end_to_end_with_fgd(tmp_path, tiny_data):
-    from test_train_e2e import _plain_student_keys, _rows
-
-    trainer = make_trainer(tmp_path, tiny_data, method="fgd")
-    seen = {}
-
-    def after_setup(tr):
-        seen["state"] = {k: v.clone() for k, v in tr.method.state_dict().items()}
-        opt_ids = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
-        seen["in_optimizer"] = all(id(p) in opt_ids for p in tr.method.parameters())
-
-    trainer.add_callback("on_pretrain_routine_end", after_setup)
-    trainer.train()
-    assert seen["in_optimizer"]
-    state = trainer.method.state_dict()
-    for part in ("gc_student", "gc_teacher", "connectors"):  # all trained, the zero-initialised last layers included
-        assert any(not torch.equal(v, seen["state"][k]) for k, v in state.items() if k.startswith(part)), part
-    assert not torch.equal(state["gc_student.0.transform.3.weight"], seen["state"]["gc_student.0.transform.3.weight"])
-
-    rows = _rows(trainer.csv)
-    assert len(rows) == 2
-    for term in TERMS:
-        v = float(rows[-1][f"train/{term}_loss"])
-        assert math.isfinite(v) and v > 0, term
-    assert math.isfinite(float(rows[-1]["train/kd_det_ratio"]))
-
-    files = [trainer.last, trainer.best]
-    seen_plain = load_without_yolokd(*files)
-    keys = _plain_student_keys()
-    for f in files:
-        info = seen_plain[str(f)]
-        assert info["unsafe_yolokd"] == [] and info["cls"] == "DetectionModel"
-        assert info["keys"] == keys and not any("gc_" in k or "connectors" in k for k in info["keys"])
-        ck = torch.load(f, map_location="cpu", weights_only=False)
-        assert ck["yolokd"]["spec"]["method"] == "fgd" and "state_dict" not in ck["yolokd"]
+# End to end with method=fgd: tests/test_train_e2e.py::test_train_end_to_end[fgd-...].

@@ -33,8 +33,9 @@ def _rows(path) -> list[dict]:
         return [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("method,term", [("none", None), ("mimic", "mimic"), ("ultralytics", "dis")])
-def test_train_end_to_end(tmp_path, tiny_data, method, term):
+@pytest.mark.parametrize("method,terms", [("none", ()), ("mimic", ("mimic",)), ("ultralytics", ("dis",)),
+                                          ("fgd", ("fgd_fg", "fgd_bg", "fgd_at", "fgd_gl"))])
+def test_train_end_to_end(tmp_path, tiny_data, method, terms):
     trainer = make_trainer(tmp_path, tiny_data, method=method)
     seen = {}
 
@@ -53,13 +54,17 @@ def test_train_end_to_end(tmp_path, tiny_data, method, term):
     else:
         assert _hash_state(trainer.teacher) == teacher_hash and not trainer.teacher.training
         assert not seen["teacher_in_optimizer"] and seen["method_in_optimizer"]
-        changed = [k for k, v in trainer.method.state_dict().items() if not torch.equal(v, seen["method_state"][k])]
-        assert changed, "the method's connectors were not optimised"
+        state = trainer.method.state_dict()
+        for part, mod in trainer.method.named_children():  # every trainable part was optimised (fgd: the GcBlocks'
+            if any(True for _ in mod.parameters()):         # zero-initialised last layers included)
+                assert any(not torch.equal(v, seen["method_state"][k]) for k, v in state.items()
+                           if k.startswith(part + ".")), f"{part} was not optimised"
 
     rows = _rows(trainer.csv)
     assert len(rows) == 2
-    if term:
-        assert float(rows[-1][f"train/{term}_loss"]) > 0
+    for term in terms:  # every KD term logged, finite and non-zero
+        assert 0 < float(rows[-1][f"train/{term}_loss"]) < float("inf"), term
+    if terms:
         assert float(rows[-1]["train/kd_det_ratio"]) > 0
     else:
         assert not any(k.startswith("train/") and k.endswith("_loss") and k.split("/")[1].split("_")[0]
@@ -71,7 +76,7 @@ def test_train_end_to_end(tmp_path, tiny_data, method, term):
     for f in files:
         info = seen_by_ultralytics[str(f)]
         assert info["unsafe_yolokd"] == [] and info["cls"] == "DetectionModel"
-        assert info["keys"] == keys  # exactly a plain student: no connector, no teacher
+        assert info["keys"] == keys  # exactly a plain student: no connector, no GcBlock, no teacher
         ck = torch.load(f, map_location="cpu", weights_only=False)
         assert ck["yolokd"]["spec"]["method"] == method and "state_dict" not in ck["yolokd"]  # final: settings only
 
