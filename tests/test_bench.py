@@ -146,3 +146,36 @@ def test_a_redefined_variant_does_not_reuse_the_old_result(tmp_path):
     assert _run_job(run, same, log=lambda s: None) == ({"final_mAP50-95": 0.3}, False)
     with pytest.raises(ProtocolError, match="another name"):
         _run_job(run, {**same, "args": {"lr0": 1e-4, "warmup_bias_lr": 0.0}}, log=lambda s: None)
+
+
+def test_retuned_method_defaults_do_not_reuse_the_old_result(tmp_path, monkeypatch):
+    """A run records its method's resolved hyperparameters; changed cfg defaults are refused, not silently reused."""
+    import json
+
+    import yolokd.methods as methods
+    from yolokd.bench.protocol import ProtocolError, entries, load_protocol
+    from yolokd.bench.runner import _run_job
+
+    proto = load_protocol("synthetic-tune")
+    ents = entries(proto, ["fgd", "fgd-x3", "none"])
+    assert ents["fgd"]["hparams"] == methods.method_defaults("fgd")
+    # A variant's method values go over the defaults; the untouched ones (T, switches) stay the defaults.
+    assert ents["fgd-x3"]["hparams"]["alpha"] == pytest.approx(6e-3)
+    assert ents["fgd-x3"]["hparams"]["temperature"] == methods.method_defaults("fgd")["temperature"]
+
+    run = tmp_path / "fgd-s0"
+    run.mkdir()
+    job = {"kind": "train", "method": "fgd", "args": {}, "hparams": ents["fgd"]["hparams"]}
+    (run / "job.json").write_text(json.dumps(job))
+    (run / "result.json").write_text(json.dumps({"final_mAP50-95": 0.12}))
+    assert _run_job(run, job, log=lambda s: None) == ({"final_mAP50-95": 0.12}, False)
+
+    retuned = {**methods.method_defaults("fgd"), "alpha": 1.0}
+    monkeypatch.setattr(methods, "method_defaults", lambda name: retuned)
+    new = entries(proto, ["fgd"])["fgd"]
+    assert new["hparams"]["alpha"] == 1.0
+    with pytest.raises(ProtocolError, match="hparams"):
+        _run_job(run, {**job, "hparams": new["hparams"]}, log=lambda s: None)
+    # A run written before hyperparameters were recorded is checked on method and args only.
+    (run / "job.json").write_text(json.dumps({"kind": "train", "method": "fgd", "args": {}}))
+    assert _run_job(run, {**job, "hparams": new["hparams"]}, log=lambda s: None)[1] is False

@@ -126,8 +126,12 @@ def recipe_hash(r: dict[str, Any]) -> str:
 
 
 def entries(proto: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Each requested entry -> {method, extra train args}: a registered method, or a variant of the protocol."""
-    from yolokd.methods import METHODS
+    """Each requested entry -> {method, args, hparams}: a registered method, or a variant of the protocol.
+
+    ``args`` are the variant's extra settings as written (train arguments and method hyperparameters); ``hparams`` are
+    the method's resolved hyperparameters.
+    """
+    from yolokd.methods import METHODS, method_defaults, resolve_hparams
 
     out = {}
     for n in names:
@@ -141,4 +145,9 @@ def entries(proto: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]
         else:
             raise ProtocolError(f"'{n}' is neither a method ({', '.join(METHODS)}) nor a variant of protocol "
                                 f"'{proto['name']}' ({', '.join(proto['variants']) or 'none'})")
+        # The method's full hyperparameters (cfg defaults with the variant's values over them) are recorded per run, so
+        # retuned defaults in cfg/methods/ are noticed instead of silently reusing results of the old ones.
+        m = out[n]
+        own = method_defaults(m["method"])
+        m["hparams"] = resolve_hparams(m["method"], {k: v for k, v in m["args"].items() if k in own})
     return out

@@ -38,8 +38,10 @@ def _run_job(folder: Path, job: dict[str, Any], log: Callable[[str], None]) -> t
     result = folder / "result.json"
     if result.exists():
         old = json.loads((folder / "job.json").read_text())
-        for k in ("method", "args"):  # a variant redefined under the same name must not reuse the old result
-            if k in job and old.get(k) != job[k]:
+        # A variant redefined under the same name, or a method whose cfg defaults changed, must not reuse the old
+        # result. Runs written before hyperparameters were recorded carry no "hparams" and are checked on the rest.
+        for k in ("method", "args", "hparams"):
+            if k in job and (k in old or k != "hparams") and old.get(k) != job[k]:
                 raise ProtocolError(f"{folder.name} was run with {k}={old.get(k)}, the protocol now says {job[k]}: give "
                                     f"the new definition another name, or delete {folder} to replace the result")
         return json.loads(result.read_text()), False
@@ -107,7 +109,8 @@ def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] |
     for name, e in ents.items():
         for s in seeds:
             folder = out / "runs" / f"{name}-s{s}"
-            job = {"kind": "train", "entry": name, "method": e["method"], "args": e["args"], "seed": s, "data": data,
+            job = {"kind": "train", "entry": name, "method": e["method"], "args": e["args"], "hparams": e["hparams"],
+                   "seed": s, "data": data,
                    "train": train, "student": student, "teacher_weights": teacher["weights"], "run_dir": str(folder)}
             _, did = _run_job(folder, job, log)
             ran += [folder.name] if did else []
