@@ -132,6 +132,9 @@ def fgd_masks(
         in_rows = (rows[None] >= r0[:, None]) & (rows[None] <= r1[:, None])  # (n, H)
         in_cols = (cols[None] >= c0[:, None]) & (cols[None] <= c1[:, None])  # (n, W)
         cover = (in_rows[:, :, None] & in_cols[:, None, :]).view(n, h * w)  # (n, HW)
+        # S from the clamped extents (methods.md §6.3), i.e. the cells the box really covers. The official code takes
+        # the area before cutting at the map edge, so a box ending on the last row/column (clipped mosaic labels)
+        # counts one cell that does not exist there and gets a slightly smaller weight than here.
         scale = 1.0 / ((r1 - r0 + 1) * (c1 - c0 + 1)).float()  # (n,), > 0: the +1 keeps the area >= 1
         vals = torch.where(cover, scale[:, None], 0.0)
         idx = batch_idx.view(-1).long().to(device)[:, None].expand(n, h * w)
