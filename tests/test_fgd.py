@@ -55,6 +55,15 @@ def test_boxes_outside_the_map_are_clamped():
     assert torch.isfinite(fg).all() and torch.isfinite(bg).all()
 
 
+
+def test_boxes_entirely_outside_the_image_mark_nothing():
+    # right of the image, above it, and one touching the left edge from outside; the last box is a real one
+    fg, bg = _masks([(130, 10, 150, 20), (10, -30, 20, -5), (-12, 10, 0, 20), (8, 8, 16, 16)], [0, 0, 0, 0])
+    cells = {(i, j) for i in range(8) for j in range(16) if fg[0, i, j] > 0}
+    assert cells == {(i, j) for i in (1, 2) for j in (1, 2)}  # only the real box: rows/cols 1..2
+    assert bg[0].sum().item() == pytest.approx(1.0) and (bg[0][fg[0] > 0] == 0).all()
+
+
 def test_smallest_box_wins_and_background_sums_to_one():
     big, small = (0, 0, 64, 32), (16, 8, 32, 24)  # big: cols 0..8, rows 0..4 (45 cells); small: cols 2..4, rows 1..3
     fg, bg = _masks([big, small], [0, 0])

@@ -132,6 +132,12 @@ def fgd_masks(
         in_rows = (rows[None] >= r0[:, None]) & (rows[None] <= r1[:, None])  # (n, H)
         in_cols = (cols[None] >= c0[:, None]) & (cols[None] <= c1[:, None])  # (n, W)
         cover = (in_rows[:, :, None] & in_cols[:, None, :]).view(n, h * w)  # (n, HW)
+        # A box with no area inside the image (a degenerate label; Ultralytics clips its own) would otherwise be
+        # clamped onto the border cells: it marks nothing.
+        b = boxes.float()
+        inside = ((b[:, 0] - b[:, 2] / 2 < 1) & (b[:, 0] + b[:, 2] / 2 > 0)
+                  & (b[:, 1] - b[:, 3] / 2 < 1) & (b[:, 1] + b[:, 3] / 2 > 0))
+        cover &= inside[:, None]
         # S from the clamped extents (methods.md §6.3), i.e. the cells the box really covers. The official code takes
         # the area before cutting at the map edge, so a box ending on the last row/column (clipped mosaic labels)
         # counts one cell that does not exist there and gets a slightly smaller weight than here.
