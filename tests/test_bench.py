@@ -74,10 +74,20 @@ def test_summarise_against_hand_values():
     rows = {r["entry"]: r for r in summarise(runs, {"mAP50-95": 0.42, "mAP50": 0.62}, "final_mAP50-95")}
     assert rows["none"]["final_mAP50-95"] == pytest.approx(0.32)
     assert rows["none"]["final_mAP50-95_std"] == pytest.approx(math.sqrt(((0.02) ** 2 * 2) / 1))  # sample std
-    assert rows["ultralytics"]["delta_vs_none"] == pytest.approx(0.37 - 0.32)
-    assert rows["mimic"]["delta_vs_ultralytics"] == pytest.approx(0.40 - 0.37)
-    assert rows["ultralytics"]["gap_closed"] == pytest.approx((0.37 - 0.32) / (0.42 - 0.32))
-    assert rows["none"]["gap_closed"] == 0.0
+    # Deltas are paired by seed: ultralytics - none = 0.06 (seed 0) and 0.04 (seed 1).
+    assert rows["ultralytics"]["delta_vs_none"] == pytest.approx(0.05)
+    assert rows["ultralytics"]["delta_vs_none_std"] == pytest.approx(math.sqrt(2 * 0.01 ** 2))
+    assert rows["ultralytics"]["delta_vs_none_wins"] == "2/2"
+    assert rows["ultralytics"]["gap_closed"] == pytest.approx(0.05 / (0.42 - 0.32))
+    # mimic has seed 0 only: compared with seed 0 of the others, not with their 2-seed means (0.40 - 0.37).
+    assert rows["mimic"]["delta_vs_ultralytics"] == pytest.approx(0.40 - 0.36)
+    assert math.isnan(rows["mimic"]["delta_vs_ultralytics_std"]) and rows["mimic"]["delta_vs_none_wins"] == "1/1"
+    assert rows["mimic"]["gap_closed"] == pytest.approx((0.40 - 0.30) / (0.42 - 0.30))
+    assert rows["none"]["gap_closed"] == 0.0 and rows["none"]["delta_vs_ultralytics_wins"] == "0/2"
+    # Without an ultralytics entry there is nothing to pair with.
+    alone = {r["entry"]: r for r in summarise([r for r in runs if r["entry"] != "ultralytics"],
+                                               {"mAP50-95": 0.42, "mAP50": 0.62}, "final_mAP50-95")}
+    assert math.isnan(alone["mimic"]["delta_vs_ultralytics"]) and alone["mimic"]["delta_vs_ultralytics_wins"] == ""
     assert math.isnan(rows["mimic"]["final_mAP50-95_std"])  # one seed: no std
     assert rows["none"]["s_per_it"] == pytest.approx(1.5) and rows["none"]["peak_rss_mib"] == 1001.0
     assert rows["none"]["n_seeds"] == 2 and rows["mimic"]["seeds"] == "0"

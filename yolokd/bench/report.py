@@ -47,14 +47,22 @@ def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: s
         row["cuda_peak_mib"] = max((r.get("cuda_peak_mib", NAN) for r in rs), default=NAN)
         row["kd_det_ratio"] = _mean_std([r.get("kd_det_ratio", NAN) for r in rs])[0]
         rows.append(row)
+    # Deltas are paired by seed (a seed fixes the student's init and the data order in every entry), over the seeds
+    # both entries have: mean and sample std of the per-seed differences, and on how many seeds the entry was ahead.
+    # Seed-to-seed spread is often as large as a KD effect; the paired std and the win count show whether it is.
     by = {r["entry"]: r for r in rows}
+    per_seed = {(r["entry"], r["seed"]): r[headline] for r in runs}
     t = teacher.get(headline.split("_", 1)[1], NAN)
     for row in rows:
+        mine = [int(x) for x in row["seeds"].split()]
         for base in ("none", "ultralytics"):
-            row[f"delta_vs_{base}"] = row[headline] - by[base][headline] if base in by else NAN
-        none = by.get("none", {}).get(headline, NAN)
-        gap = t - none
-        row["gap_closed"] = (row[headline] - none) / gap if gap == gap and gap > 0 else NAN
+            shared = [s for s in mine if (base, s) in per_seed] if base in by else []
+            diffs = [per_seed[(row["entry"], s)] - per_seed[(base, s)] for s in shared]
+            row[f"delta_vs_{base}"], row[f"delta_vs_{base}_std"] = _mean_std(diffs)
+            row[f"delta_vs_{base}_wins"] = f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if diffs else ""
+            if base == "none":  # gap closed over the same seeds: paired delta / (teacher - none on those seeds)
+                gap = t - (statistics.fmean(per_seed[("none", s)] for s in shared) if shared else NAN)
+                row["gap_closed"] = row["delta_vs_none"] / gap if gap == gap and gap > 0 else NAN
     return rows
 
 
@@ -82,6 +90,13 @@ def _f(v: float, std: float = NAN, sign: bool = False) -> str:
     return s + (f" ± {std:.3f}" if std == std else "")
 
 
+def _delta(row: dict[str, Any], base: str) -> str:
+    if row["entry"] == base:
+        return "+0.000"
+    d = _f(row[f"delta_vs_{base}"], row[f"delta_vs_{base}_std"], sign=True)
+    return d + (f" ({row[f'delta_vs_{base}_wins']})" if d != "-" else "")
+
+
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     """The summary as Markdown, headed by everything needed to trace and rerun it."""
     r, teacher, init = info["recipe"], info["teacher"], info.get("student_init")
@@ -99,8 +114,9 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         lines.append(f"Student init `{Path(str(r['student'])).name}` before training: mAP50-95 {_f(init['mAP50-95'])}, "
                      f"mAP50 {_f(init['mAP50'])}.  ")
     lines += [
-        f"Mean ± sample std over seeds (no std with one seed). Deltas and gap closed use **{head}** "
-        f"(gap closed = (KD − none) / (teacher − none)). s/it: median training iteration; peak: process RSS.",
+        f"Mean ± sample std over seeds (no std with one seed). Deltas and gap closed use **{head}**, paired by seed "
+        f"over the seeds both entries have: mean ± std of the per-seed differences (k/n: ahead on k of n seeds); "
+        f"gap closed = Δ vs none / (teacher − none). s/it: median training iteration; peak: process RSS.",
         "",
         "| entry | seeds | final mAP50-95 | final mAP50 | best mAP50-95 | best mAP50 | Δ vs none | Δ vs ultralytics "
         "| gap closed | s/it | peak MiB |",
@@ -110,8 +126,8 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         lines.append(
             f"| {row['entry']} | {row['seeds']} | {_f(row['final_mAP50-95'], row['final_mAP50-95_std'])} | "
             f"{_f(row['final_mAP50'], row['final_mAP50_std'])} | {_f(row['best_mAP50-95'], row['best_mAP50-95_std'])} | "
-            f"{_f(row['best_mAP50'], row['best_mAP50_std'])} | {_f(row['delta_vs_none'], sign=True)} | "
-            f"{_f(row['delta_vs_ultralytics'], sign=True)} | {_f(row['gap_closed'])} | {row['s_per_it']:.2f} | "
+            f"{_f(row['best_mAP50'], row['best_mAP50_std'])} | {_delta(row, 'none')} | {_delta(row, 'ultralytics')} | "
+            f"{_f(row['gap_closed'])} | {row['s_per_it']:.2f} | "
             f"{row['peak_rss_mib']:.0f} |")
     return "\n".join(lines) + "\n"
 
