@@ -55,7 +55,6 @@ def test_boxes_outside_the_map_are_clamped():
     assert torch.isfinite(fg).all() and torch.isfinite(bg).all()
 
 
-
 def test_boxes_entirely_outside_the_image_mark_nothing():
     # right of the image, above it, and one touching the left edge from outside; the last box is a real one
     fg, bg = _masks([(130, 10, 150, 20), (10, -30, 20, -5), (-12, 10, 0, 20), (8, 8, 16, 16)], [0, 0, 0, 0])

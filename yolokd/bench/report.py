@@ -50,13 +50,12 @@ def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: s
     # Deltas are paired by seed (a seed fixes the student's init and the data order in every entry), over the seeds
     # both entries have: mean and sample std of the per-seed differences, and on how many seeds the entry was ahead.
     # Seed-to-seed spread is often as large as a KD effect; the paired std and the win count show whether it is.
-    by = {r["entry"]: r for r in rows}
     per_seed = {(r["entry"], r["seed"]): r[headline] for r in runs}
     t = teacher.get(headline.split("_", 1)[1], NAN)
     for row in rows:
-        mine = [int(x) for x in row["seeds"].split()]
+        mine = [r["seed"] for r in runs if r["entry"] == row["entry"]]
         for base in ("none", "ultralytics"):
-            shared = [s for s in mine if (base, s) in per_seed] if base in by else []
+            shared = [s for s in mine if (base, s) in per_seed]
             diffs = [per_seed[(row["entry"], s)] - per_seed[(base, s)] for s in shared]
             row[f"delta_vs_{base}"], row[f"delta_vs_{base}_std"] = _mean_std(diffs)
             row[f"delta_vs_{base}_wins"] = f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if diffs else ""

@@ -110,8 +110,8 @@ def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] |
         for s in seeds:
             folder = out / "runs" / f"{name}-s{s}"
             job = {"kind": "train", "entry": name, "method": e["method"], "args": e["args"], "hparams": e["hparams"],
-                   "seed": s, "data": data,
-                   "train": train, "student": student, "teacher_weights": teacher["weights"], "run_dir": str(folder)}
+                   "seed": s, "data": data, "train": train, "student": student, "teacher_weights": teacher["weights"],
+                   "run_dir": str(folder)}
             _, did = _run_job(folder, job, log)
             ran += [folder.name] if did else []
 
