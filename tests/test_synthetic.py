@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -231,3 +232,44 @@ def test_cache_dir_and_synthetic_dataset(tmp_path, monkeypatch):
     assert y.parent.name.startswith("synthetic-") and y.is_file()
     assert synthetic_dataset(n_train=3, n_val=2, seed=5, width=128, height=64) == y
     assert synthetic_dataset(n_train=3, n_val=2, seed=6, width=128, height=64) != y
+
+
+# ------------------------------------------------------------------------------------------------- pinned bytes
+
+# SHA-256 of generate_dataset(n_train=3, n_val=2, seed=7, width=512, height=160) files and of two render_scene
+# outputs. A refactor must leave them unchanged; a deliberate change to the pixels or labels must bump
+# GENERATOR_VERSION and update these. (JPEG bytes also depend on OpenCV's libjpeg: re-pin after an OpenCV upgrade.)
+_PINNED_FILES = {
+    "images/train/000000.jpg": "3e8da5b6bafdbaa473733f584ceffd3b3f15d4d5432e6e2912684b7083046d70",
+    "images/train/000002.jpg": "c90d11f996c71238fff5ed707fed85e8ca5f4ad61c7d0d8c4051096c377464db",
+    "images/val/000001.jpg": "63a681cecacca7c121c7f2e1304ce20d2915308268d1e05919f9f7b4eb2d978d",
+    "labels/train/000000.txt": "e1f6d54e31d2ccdc9faf63e346f6344e927cf1ce9f962b27b43c48ddb7867849",
+    "labels/train/000002.txt": "9859578a5f693df2f134f60c56c04890bcf3bd4d0359ae5b09a075fcd482710d",
+    "labels/val/000001.txt": "ee3432c6c5739aa0042da770f1fbe8932436ded70e577742dca0ce3010342481",
+    "manifest.json": "b2d2d1a23d8dffa7889d52171f9bffdfb06bfd4c833e8e30b8fb9cdc0834ad4e",
+}
+_PINNED_SCENES = {  # (seed, width, height): (image sha256, labels sha256, number of labels)
+    (11, 512, 160): ("028aa45edd2c7174dd3eb293c029bff666e333449062ebd7568c0bd6c164ea23",
+                     "c62964f4424466f0807d06a9f5d03e358a8b5a303e31ddffe457018351db8544", 3),
+    (3, 320, 320): ("aca079e238820e8370052e14b34a0b66afd125b17dd8b49574e2bfcdb586b812",
+                    "f92ed858279a0e7a0fe0f86048a7fd343e6b9f31cabab19348d4f367fd9200f3", 6),
+}
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def test_pinned_output_bytes(tmp_path):
+    for (seed, width, height), (img_sha, lab_sha, n) in _PINNED_SCENES.items():
+        img, lab = render_scene(np.random.default_rng(seed), width, height)
+        assert (_sha(img.tobytes()), _sha(lab.tobytes()), len(lab)) == (img_sha, lab_sha, n), (seed, width, height)
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_dataset(a, n_train=3, n_val=2, seed=7, width=512, height=160, workers=0)
+    assert {rel: _sha((a / rel).read_bytes()) for rel in _PINNED_FILES} == _PINNED_FILES
+    # spawned workers (which re-import the module to find the chunk writer) write the very same bytes
+    generate_dataset(b, n_train=3, n_val=2, seed=7, width=512, height=160, workers=2)
+    ta, tb = _tree_bytes(a), _tree_bytes(b)
+    ta.pop("data.yaml"), tb.pop("data.yaml")  # differ only by their absolute path
+    assert ta == tb
