@@ -146,16 +146,16 @@ def test_a_redefined_variant_does_not_reuse_the_old_result(tmp_path):
     import json
 
     from yolokd.bench.protocol import ProtocolError
-    from yolokd.bench.runner import _run_job
+    from yolokd.bench.runner import _Job
 
     run = tmp_path / "none-lowlr-s0"
     run.mkdir()
     (run / "job.json").write_text(json.dumps({"kind": "train", "method": "none", "args": {"lr0": 1e-4}}))
     (run / "result.json").write_text(json.dumps({"final_mAP50-95": 0.3}))
     same = {"kind": "train", "method": "none", "args": {"lr0": 1e-4}}
-    assert _run_job(run, same, log=lambda s: None) == ({"final_mAP50-95": 0.3}, False)
+    assert _Job(run, same).finished_result() == {"final_mAP50-95": 0.3}
     with pytest.raises(ProtocolError, match="another name"):
-        _run_job(run, {**same, "args": {"lr0": 1e-4, "warmup_bias_lr": 0.0}}, log=lambda s: None)
+        _Job(run, {**same, "args": {"lr0": 1e-4, "warmup_bias_lr": 0.0}}).finished_result()
 
 
 def test_retuned_method_defaults_do_not_reuse_the_old_result(tmp_path, monkeypatch):
@@ -164,7 +164,7 @@ def test_retuned_method_defaults_do_not_reuse_the_old_result(tmp_path, monkeypat
 
     import yolokd.methods as methods
     from yolokd.bench.protocol import ProtocolError, entries, load_protocol
-    from yolokd.bench.runner import _run_job
+    from yolokd.bench.runner import _Job
 
     proto = load_protocol("synthetic-tune")
     ents = entries(proto, ["fgd", "fgd-x3", "none"])
@@ -178,14 +178,75 @@ def test_retuned_method_defaults_do_not_reuse_the_old_result(tmp_path, monkeypat
     job = {"kind": "train", "method": "fgd", "args": {}, "hparams": ents["fgd"]["hparams"]}
     (run / "job.json").write_text(json.dumps(job))
     (run / "result.json").write_text(json.dumps({"final_mAP50-95": 0.12}))
-    assert _run_job(run, job, log=lambda s: None) == ({"final_mAP50-95": 0.12}, False)
+    assert _Job(run, job).finished_result() == {"final_mAP50-95": 0.12}
 
     retuned = {**methods.method_defaults("fgd"), "alpha": 1.0}
     monkeypatch.setattr(methods, "method_defaults", lambda name: retuned)
     new = entries(proto, ["fgd"])["fgd"]
     assert new["hparams"]["alpha"] == 1.0
     with pytest.raises(ProtocolError, match="hparams"):
-        _run_job(run, {**job, "hparams": new["hparams"]}, log=lambda s: None)
+        _Job(run, {**job, "hparams": new["hparams"]}).finished_result()
     # A run written before hyperparameters were recorded is checked on method and args only.
     (run / "job.json").write_text(json.dumps({"kind": "train", "method": "fgd", "args": {}}))
-    assert _run_job(run, {**job, "hparams": new["hparams"]}, log=lambda s: None)[1] is False
+    assert _Job(run, {**job, "hparams": new["hparams"]}).finished_result() == {"final_mAP50-95": 0.12}
+
+
+def test_parallel_jobs_run_side_by_side_and_teacher_free_entries_do_not_wait(tiny_data, tmp_path):
+    """jobs=2: two jobs train at once (both start before either ends), `none` starts while the teacher trains, a KD
+    entry only after it; both are tabulated and their timings marked as taken in parallel."""
+    import json
+
+    from yolokd.bench.runner import run_bench
+
+    proto = _tiny_protocol(tiny_data)
+    proto["teacher"]["epochs"] = 1  # a teacher job that trains, so there is something to wait for
+    events: list[str] = []
+    res = run_bench(proto, methods=["none", "mimic", "none-lowlr"], seeds=[0], project=tmp_path, jobs=2, threads=1,
+                    log=events.append)
+    order = [(e.split()[3], "start") if e.startswith("yolokd bench: running") else (e.split()[2], "end")
+             for e in events if e.startswith("yolokd bench: running") or " done in " in e]
+    starts = [n for n, what in order if what == "start"]
+    ends = [n for n, what in order if what == "end"]
+    assert starts[:2] == ["teacher", "none-s0"]  # none did not wait for the teacher
+    assert order.index(("none-s0", "start")) < order.index(("teacher", "end"))
+    assert order.index(("mimic-s0", "start")) > order.index(("teacher", "end"))  # mimic needs the teacher's weights
+    assert sorted(ends) == sorted(res["ran"]) == sorted(["teacher", "none-s0", "mimic-s0", "none-lowlr-s0"])
+    out = res["out"]
+    with open(out / "results.csv", newline="") as f:
+        runs = {r["entry"]: r for r in csv.DictReader(f)}
+    assert set(runs) == {"none", "mimic", "none-lowlr"}
+    assert all(r["jobs"] == "2" and r["threads"] == "1" for r in runs.values())
+    assert json.loads((out / "runs" / "none-s0" / "job.json").read_text())["teacher_weights"] is None
+    md = (out / "summary.md").read_text()
+    assert md.count(" ∥2 |") == 3 and (out / "curves.png").stat().st_size > 0
+    assert run_bench(proto, methods=["none", "mimic", "none-lowlr"], seeds=[0], project=tmp_path, jobs=2,
+                     log=lambda s: None)["ran"] == []  # resumable as before
+
+
+def test_slots_split_devices_and_threads(monkeypatch):
+    from yolokd.bench.protocol import ProtocolError
+    from yolokd.bench.runner import default_jobs, slots
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert slots(2, "0,1") == [{"device": "0", "threads": 8}, {"device": "1", "threads": 8}]
+    assert [s["device"] for s in slots(3, "0,1")] == ["0", "1", "0"]
+    assert slots(4, "0") == [{"device": "0", "threads": 4}] * 4  # several jobs may share one large GPU
+    assert slots(3, "cpu") == [{"device": "cpu", "threads": 5}] * 3
+    assert slots(2, None, threads=3) == [{"device": None, "threads": 3}] * 2
+    assert default_jobs("0,1,2") == 3 and default_jobs("cpu") == 2 and default_jobs(None) == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert default_jobs(None) == 1 and slots(2, None)[0]["threads"] == 1
+    with pytest.raises(ProtocolError, match="jobs=0"):
+        slots(0)
+
+
+def test_plateau_and_curves_against_hand_values(tmp_path):
+    from yolokd.bench.report import epoch_curves, plateau
+
+    assert plateau([0.1, 0.2, 0.3, 0.4, 0.41, 0.42, 0.43, 0.44]) == pytest.approx(0.44 - 0.42)  # last 2 of 8 epochs
+    assert plateau([0.1, 0.2, 0.3]) == pytest.approx(0.3 - 0.2)
+    assert math.isnan(plateau([0.5]))
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "results.csv").write_text("epoch,  metrics/mAP50-95(B)\n1,0.25\n2,0.5\n")
+    assert epoch_curves([{"entry": "none", "seed": 0, "run_dir": str(run)}]) == {"none": {"0": [0.25, 0.5]}}

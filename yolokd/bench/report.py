@@ -11,7 +11,7 @@ from typing import Any
 #: Per-run columns of results.csv, in order.
 RUN_COLUMNS = ["entry", "method", "seed", "final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50", "best_epoch",
                "epochs", "s_per_it", "s_per_it_p25", "s_per_it_p75", "peak_rss_mib", "cuda_peak_mib", "kd_det_ratio",
-               "wall_s"]
+               "wall_s", "jobs", "threads"]
 METRICS = ["final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50"]
 NAN = float("nan")
 
@@ -43,6 +43,7 @@ def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: s
         for m in METRICS:
             row[m], row[m + "_std"] = _mean_std([r[m] for r in rs])
         row["s_per_it"] = statistics.median(r["s_per_it"] for r in rs)
+        row["jobs"] = max(int(r.get("jobs", 1) or 1) for r in rs)  # >1: timed while other jobs shared the machine
         row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rs)
         row["cuda_peak_mib"] = max((r.get("cuda_peak_mib", NAN) for r in rs), default=NAN)
         row["kd_det_ratio"] = _mean_std([r.get("kd_det_ratio", NAN) for r in rs])[0]
@@ -96,6 +97,10 @@ def _delta(row: dict[str, Any], base: str) -> str:
     return d + (f" ({row[f'delta_vs_{base}_wins']})" if d != "-" else "")
 
 
+def _par(row: dict[str, Any]) -> str:
+    return f" ∥{row['jobs']}" if row.get("jobs", 1) > 1 else ""
+
+
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     """The summary as Markdown, headed by everything needed to trace and rerun it."""
     r, teacher, init = info["recipe"], info["teacher"], info.get("student_init")
@@ -115,7 +120,8 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines += [
         f"Mean ± sample std over seeds (no std with one seed). Deltas and gap closed use **{head}**, paired by seed "
         f"over the seeds both entries have: mean ± std of the per-seed differences (k/n: ahead on k of n seeds); "
-        f"gap closed = Δ vs none / (teacher − none). s/it: median training iteration; peak: process RSS.",
+        f"gap closed = Δ vs none / (teacher − none). s/it: median training iteration (∥N: timed with N jobs side by "
+        f"side); peak: process RSS.",
         "",
         "| entry | seeds | final mAP50-95 | final mAP50 | best mAP50-95 | best mAP50 | Δ vs none | Δ vs ultralytics "
         "| gap closed | s/it | peak MiB |",
@@ -126,7 +132,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
             f"| {row['entry']} | {row['seeds']} | {_f(row['final_mAP50-95'], row['final_mAP50-95_std'])} | "
             f"{_f(row['final_mAP50'], row['final_mAP50_std'])} | {_f(row['best_mAP50-95'], row['best_mAP50-95_std'])} | "
             f"{_f(row['best_mAP50'], row['best_mAP50_std'])} | {_delta(row, 'none')} | {_delta(row, 'ultralytics')} | "
-            f"{_f(row['gap_closed'])} | {row['s_per_it']:.2f} | "
+            f"{_f(row['gap_closed'])} | {row['s_per_it']:.2f}{_par(row)} | "
             f"{row['peak_rss_mib']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -150,6 +156,57 @@ def plot(path: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
     r = info["recipe"]
     ax.set_title(f"{r['name']} v{r['version']} ({info['hash']})", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def epoch_curves(runs: list[dict[str, Any]], column: str = "metrics/mAP50-95(B)") -> dict[str, dict[str, list[float]]]:
+    """Per entry: the validation curve of every seed (from each run's Ultralytics results.csv), keyed by seed."""
+    from yolokd.bench.worker import read_epochs
+
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        f = Path(r.get("run_dir", "")) / "results.csv"
+        if f.is_file():
+            out.setdefault(r["entry"], {})[str(r["seed"])] = [row[column] for row in read_epochs(f)]
+    return out
+
+
+def plateau(curve: list[float]) -> float:
+    """Change of a curve over its last quarter of epochs (last value minus the value a quarter from the end).
+
+    The protocols' convergence criterion: a plain student has plateaued when this is smaller than the seed spread.
+    """
+    q = max(1, len(curve) // 4)
+    return curve[-1] - curve[-1 - q] if len(curve) > q else NAN
+
+
+def plot_curves(path: Path, runs: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    """Validation mAP50-95 per epoch of every entry (mean over seeds, band: min-max), teacher as a reference line."""
+    curves = epoch_curves(runs)
+    if not curves:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (entry, by_seed) in enumerate(curves.items()):
+        n = min(len(c) for c in by_seed.values())
+        a = np.array([c[:n] for c in by_seed.values()])
+        x = np.arange(1, n + 1)
+        ax.plot(x, a.mean(0), c=f"C{i % 10}", lw=1.3, label=f"{entry} ({len(by_seed)} seed{'s' * (len(by_seed) > 1)})")
+        if len(a) > 1:
+            ax.fill_between(x, a.min(0), a.max(0), color=f"C{i % 10}", alpha=0.15, lw=0)
+    ax.axhline(info["teacher"]["mAP50-95"], ls="--", c="k", lw=1, label="teacher")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mAP50-95")
+    r = info["recipe"]
+    ax.set_title(f"{r['name']} v{r['version']} ({info['hash']}): learning curves", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -43,14 +43,34 @@ def _box(metrics: Any) -> dict[str, float]:
     return {"mAP50-95": float(metrics.box.map), "mAP50": float(metrics.box.map50)}
 
 
-def validate(weights: str, data: str, train: dict[str, Any]) -> dict[str, float]:
+def use_threads(threads: int | None) -> None:
+    """Fix this process's CPU thread count: Ultralytics resets it to ``cores - 1`` in every ``select_device`` call.
+
+    Results are only reproducible at a fixed thread count (how many threads split a float reduction changes its
+    rounding), and parallel jobs must not oversubscribe the cores.
+    """
+    if not threads:
+        return
+    import torch
+    import ultralytics.utils.torch_utils as tu
+
+    tu.NUM_THREADS = int(threads)  # read by select_device; patched here, Ultralytics' code is not copied
+    torch.set_num_threads(int(threads))
+
+
+def device_of(job: dict[str, Any]) -> str | None:
+    """The job's device: its slot's, else the protocol's ``train.device``, else Ultralytics' choice."""
+    return job.get("device") or job["train"].get("device")
+
+
+def validate(weights: str, data: str, train: dict[str, Any], device: str | None = None) -> dict[str, float]:
     """Validate a checkpoint exactly as the trainer validates its students (same imgsz, rect, val batch of 2x)."""
     from ultralytics import YOLO
 
     args = dict(data=data, imgsz=train.get("imgsz", 640), batch=2 * train.get("batch", 16), plots=False,
                 verbose=False, workers=train.get("workers", 0))
-    if "device" in train:
-        args["device"] = train["device"]
+    if device is not None:
+        args["device"] = device
     return _box(YOLO(weights).val(**args))
 
 
@@ -64,9 +84,9 @@ def job_teacher(job: dict[str, Any]) -> dict[str, Any]:
         args = {k: v for k, v in job["train"].items() if k not in {"epochs", "seed", "workers", "device"}}
         args.update(t.get("args", {}))
         best, _ = finetune_teacher(weights, job["data"], t["epochs"], seed=0, workers=job["train"].get("workers", 0),
-                                   device=job["train"].get("device"), **args)
+                                   device=device_of(job), **args)
         weights = str(best)
-    return {"weights": weights, **validate(weights, job["data"], job["train"])}
+    return {"weights": weights, **validate(weights, job["data"], job["train"], device_of(job))}
 
 
 def job_student_init(job: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +104,7 @@ def job_student_init(job: dict[str, Any]) -> dict[str, Any]:
     if not classes_match(model.model, check_det_dataset(job["data"])):
         return {"weights": job["student"], "mAP50-95": float("nan"), "mAP50": float("nan"),
                 "note": "the student checkpoint's classes differ from the data's: its head is re-initialised"}
-    return {"weights": job["student"], **validate(job["student"], job["data"], job["train"])}
+    return {"weights": job["student"], **validate(job["student"], job["data"], job["train"], device_of(job))}
 
 
 class _IterTimer:
@@ -108,12 +128,17 @@ def read_epochs(csv_path: Path) -> list[dict[str, float]]:
 
 def job_train(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (method, seed) combination and summarise it."""
+    import torch
+
     from yolokd.engine.trainer import KDTrainer
 
     run = Path(job["run_dir"])
-    overrides = dict(job["train"], **job["args"], teacher=job["teacher_weights"], student=job["student"],
-                     method=job["method"], data=job["data"], seed=job["seed"], project=str(run.parent), name=run.name,
-                     exist_ok=True, plots=False)
+    overrides = dict(job["train"], **job["args"], student=job["student"], method=job["method"], data=job["data"],
+                     seed=job["seed"], project=str(run.parent), name=run.name, exist_ok=True, plots=False)
+    if job.get("teacher_weights"):  # None for methods that never load a teacher (they may start before it exists)
+        overrides["teacher"] = job["teacher_weights"]
+    if device_of(job) is not None:
+        overrides["device"] = device_of(job)
     timer = _IterTimer()
     trainer = KDTrainer(overrides=overrides)
     trainer.add_callback("on_train_batch_start", timer.start)
@@ -134,7 +159,7 @@ def job_train(job: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": int(rows[best_i]["epoch"]), "epochs": len(rows),
         "kd_det_ratio": final.get("train/kd_det_ratio", float("nan")),
         "s_per_it": statistics.median(times), "s_per_it_p25": q[0], "s_per_it_p75": q[2], "iters": len(timer.times),
-        "wall_s": wall, "weights": str(trainer.best),
+        "wall_s": wall, "weights": str(trainer.best), "threads": torch.get_num_threads(),
     }
 
 
@@ -147,6 +172,7 @@ def main(path: str) -> None:
 
     prepare_ultralytics()
     job = json.loads(Path(path).read_text())
+    use_threads(job.get("threads"))
     result = JOBS[job["kind"]](job)
     result.update(peak_memory())
     result.update({"kind": job["kind"], "finished": time.strftime("%Y-%m-%d %H:%M:%S")})

@@ -7,6 +7,7 @@ result is cached under ``$YOLOKD_CACHE/teachers/`` keyed by everything that chan
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -58,12 +59,23 @@ def finetune_teacher(
     Returns:
         The fine-tuned ``best.pt`` and its validation metrics (``metrics/mAP50(B)``, ``metrics/mAP50-95(B)``, ...).
     """
-    from ultralytics.models.yolo.detect import DetectionTrainer
-    from ultralytics.utils import LOGGER
-
     settings = {"epochs": int(epochs), "imgsz": imgsz, "batch": batch, "seed": seed, **extra}
     key = teacher_cache_key(teacher, data, settings)
     out = cache_dir() / "teachers" / f"{Path(teacher).stem}-{Path(data).stem}-{key}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel benchmark jobs, or two runs started at once, may ask for the same teacher: the second waits for the
+    # first instead of training it again beside it (and then reuses its result).
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _finetune_locked(teacher, data, epochs, imgsz, batch, device, workers, seed, settings, out, extra)
+
+
+def _finetune_locked(teacher: str, data: str, epochs: int, imgsz: int, batch: int, device: str | None, workers: int,
+                     seed: int, settings: dict[str, Any], out: Path, extra: dict[str, Any]) -> tuple[Path, dict[str, float]]:
+    """The body of ``finetune_teacher``, run while holding the cache entry's lock."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils import LOGGER
+
     marker = out / "teacher.json"
     best = out / "weights" / "best.pt"
     if marker.exists() and best.exists():
