@@ -7,10 +7,13 @@ for p in "$@"; do
   mkdir -p "$dst"
   cp "$src/recipe.yaml" "$src/results.csv" "$src/summary.csv" "$src/summary.md" "$src/summary.png" "$dst/"
   cp "$src/teacher/result.json" "$dst/teacher.json"
+  [ -f "$src/curves.png" ] && cp "$src/curves.png" "$dst/"
+  [ -f "$src/teacher/results.csv" ] && cp "$src/teacher/results.csv" "$dst/teacher.results.csv"  # its fine-tune curve
   [ -f "$src/student-init/result.json" ] && cp "$src/student-init/result.json" "$dst/student-init.json"
   for r in "$src"/runs/*/; do
     n=$(basename "$r"); cp "$r/result.json" "$dst/run-$n.json"; cp "$r/job.json" "$dst/run-$n.job.json"
     cp "$r/args.yaml" "$dst/run-$n.args.yaml"  # the full Ultralytics arguments (KD settings are in job.json)
+    cp "$r/results.csv" "$dst/run-$n.results.csv"  # per-epoch losses and validation: the learning curve
   done
   echo "collected $p -> $dst"
 done

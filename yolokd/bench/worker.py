@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -63,12 +64,24 @@ def device_of(job: dict[str, Any]) -> str | None:
     return job.get("device") or job["train"].get("device")
 
 
-def validate(weights: str, data: str, train: dict[str, Any], device: str | None = None) -> dict[str, float]:
-    """Validate a checkpoint exactly as the trainer validates its students (same imgsz, rect, val batch of 2x)."""
+def _folder(job: dict[str, Any]) -> Path:
+    """The job's own folder (where its result.json goes)."""
+    return Path(job["result"]).parent
+
+
+def validate(weights: str, data: str, train: dict[str, Any], device: str | None = None,
+             folder: Path | None = None) -> dict[str, float]:
+    """Validate a checkpoint exactly as the trainer validates its students (same imgsz, rect, val batch of 2x).
+
+    ``folder``: the job's folder, where Ultralytics' validation run folder goes (not ``runs/detect/val*`` of the
+    working directory).
+    """
     from ultralytics import YOLO
 
     args = dict(data=data, imgsz=train.get("imgsz", 640), batch=2 * train.get("batch", 16), plots=False,
                 verbose=False, workers=train.get("workers", 0))
+    if folder is not None:
+        args.update(project=str(folder), name="val", exist_ok=True)
     if device is not None:
         args["device"] = device
     return _box(YOLO(weights).val(**args))
@@ -86,7 +99,10 @@ def job_teacher(job: dict[str, Any]) -> dict[str, Any]:
         best, _ = finetune_teacher(weights, job["data"], t["epochs"], seed=0, workers=job["train"].get("workers", 0),
                                    device=device_of(job), **args)
         weights = str(best)
-    return {"weights": weights, **validate(weights, job["data"], job["train"], device_of(job))}
+        curve = best.parents[1] / "results.csv"  # the cached fine-tune's per-epoch log: the teacher's learning curve
+        if curve.is_file():
+            shutil.copyfile(curve, Path(job["result"]).parent / "results.csv")
+    return {"weights": weights, **validate(weights, job["data"], job["train"], device_of(job), _folder(job))}
 
 
 def job_student_init(job: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +120,8 @@ def job_student_init(job: dict[str, Any]) -> dict[str, Any]:
     if not classes_match(model.model, check_det_dataset(job["data"])):
         return {"weights": job["student"], "mAP50-95": float("nan"), "mAP50": float("nan"),
                 "note": "the student checkpoint's classes differ from the data's: its head is re-initialised"}
-    return {"weights": job["student"], **validate(job["student"], job["data"], job["train"], device_of(job))}
+    return {"weights": job["student"], **validate(job["student"], job["data"], job["train"], device_of(job),
+                                                  _folder(job))}
 
 
 class _IterTimer:
