@@ -105,10 +105,12 @@ def test_shipped_protocols_are_valid():
         p = load_protocol(n)
         entries(p, p["methods"])  # every listed method or variant exists
         assert recipe_hash(recipe(p)) != recipe_hash(recipe(p, {"epochs": 1}))
-    syn, tune = load_protocol("synthetic"), load_protocol("synthetic-tune")
-    assert syn["data"]["synthetic"]["seed"] != tune["data"]["synthetic"]["seed"]  # tuning never on the reported split
-    assert {k: v for k, v in syn["data"]["synthetic"].items() if k != "seed"} == \
-        {k: v for k, v in tune["data"]["synthetic"].items() if k != "seed"}
+    for reported, tuning in (("synthetic", "synthetic-tune"), ("synthetic-ft", "synthetic-ft-tune")):
+        syn, tune = load_protocol(reported), load_protocol(tuning)
+        assert syn["data"]["synthetic"]["seed"] != tune["data"]["synthetic"]["seed"]  # tuning never on the reported split
+        assert {k: v for k, v in syn["data"]["synthetic"].items() if k != "seed"} == \
+            {k: v for k, v in tune["data"]["synthetic"].items() if k != "seed"}
+        assert (syn["teacher"], syn["student"], syn["train"]) == (tune["teacher"], tune["student"], tune["train"])
 
 
 def test_protocol_errors(tmp_path):

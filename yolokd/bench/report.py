@@ -182,8 +182,11 @@ def plateau(curve: list[float]) -> float:
     return curve[-1] - curve[-1 - q] if len(curve) > q else NAN
 
 
-def plot_curves(path: Path, runs: list[dict[str, Any]], info: dict[str, Any]) -> None:
-    """Validation mAP50-95 per epoch of every entry (mean over seeds, band: min-max), teacher as a reference line."""
+def plot_curves(path: Path, runs: list[dict[str, Any]], info: dict[str, Any], teacher_dir: Path | None = None) -> None:
+    """Validation mAP50-95 per epoch of every entry (mean over seeds, band: min-max) and of the teacher's fine-tune.
+
+    The teacher's final validation is the dashed line; its fine-tuning curve (when it was fine-tuned) the dotted one.
+    """
     curves = epoch_curves(runs)
     if not curves:
         return
@@ -201,7 +204,11 @@ def plot_curves(path: Path, runs: list[dict[str, Any]], info: dict[str, Any]) ->
         ax.plot(x, a.mean(0), c=f"C{i % 10}", lw=1.3, label=f"{entry} ({len(by_seed)} seed{'s' * (len(by_seed) > 1)})")
         if len(a) > 1:
             ax.fill_between(x, a.min(0), a.max(0), color=f"C{i % 10}", alpha=0.15, lw=0)
-    ax.axhline(info["teacher"]["mAP50-95"], ls="--", c="k", lw=1, label="teacher")
+    ax.axhline(info["teacher"]["mAP50-95"], ls="--", c="k", lw=1, label="teacher (final)")
+    t = epoch_curves([{"entry": "teacher", "seed": 0, "run_dir": str(teacher_dir)}]) if teacher_dir else {}
+    if t:
+        c = t["teacher"]["0"]
+        ax.plot(range(1, len(c) + 1), c, ls=":", c="k", lw=1.2, label="teacher fine-tune")
     ax.set_xlabel("epoch")
     ax.set_ylabel("val mAP50-95")
     r = info["recipe"]

@@ -232,8 +232,8 @@ def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] |
     if student.endswith(".pt"):
         queue.append(_Job(out / "student-init", {"kind": "student_init", "student": student, "data": data,
                                                   "train": train}))
-    for name, e in ents.items():
-        for s in seeds:
+    for s in seeds:  # seed-major: an interrupted or still-running benchmark has every entry at the first seeds
+        for name, e in ents.items():
             folder = out / "runs" / f"{name}-s{s}"
             spec = {"kind": "train", "entry": name, "method": e["method"], "args": e["args"], "hparams": e["hparams"],
                     "seed": s, "data": data, "train": train, "student": student, "teacher_weights": None,
@@ -255,7 +255,7 @@ def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] |
     report.write_summary_csv(out / "summary.csv", rows)
     (out / "summary.md").write_text(md)
     report.plot(out / "summary.png", rows, info)
-    report.plot_curves(out / "curves.png", runs, info)
+    report.plot_curves(out / "curves.png", runs, info, out / "teacher")
     log("\n" + md)
     return {"out": out, "ran": ran, "summary": rows, "markdown": md}
 
