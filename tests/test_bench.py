@@ -223,6 +223,16 @@ def test_parallel_jobs_run_side_by_side_and_teacher_free_entries_do_not_wait(tin
     assert md.count(" ∥2 |") == 3 and (out / "curves.png").stat().st_size > 0
     assert run_bench(proto, methods=["none", "mimic", "none-lowlr"], seeds=[0], project=tmp_path, jobs=2,
                      log=lambda s: None)["ran"] == []  # resumable as before
+    (out / "summary.md").unlink()
+    (out / "runs" / "mimic-s0" / "result.json").unlink()  # as if still running: report mode leaves it out, runs nothing
+    rep = run_bench(proto, methods=["none", "mimic", "none-lowlr"], seeds=[0], project=tmp_path, report_only=True,
+                    log=lambda s: None)
+    assert rep["ran"] == [] and [r["entry"] for r in rep["summary"]] == ["none", "none-lowlr"]
+    assert (out / "summary.md").exists() and not (out / "runs" / "mimic-s0" / "result.json").exists()
+    from yolokd.bench.protocol import ProtocolError
+
+    with pytest.raises(ProtocolError, match="teacher has not finished"):
+        run_bench(proto, methods=["none"], project=tmp_path / "empty", report_only=True, log=lambda s: None)
 
 
 def test_slots_split_devices_and_threads(monkeypatch):

@@ -49,8 +49,10 @@ Modes:
              yolokd convert coco-traffic instances=instances_train2017.json images=train2017/ dst=DIR
                     [split=train2017] [classes=13|11]
   bench    Compare methods under a named, versioned protocol (cfg/protocols), resumable:
-             yolokd bench protocol=kitti-1k methods=none,ultralytics seeds=0,1,2 [project=runs/bench]
+             yolokd bench protocol=synthetic-ft methods=none,ultralytics seeds=0,1,2 [jobs=2] [project=runs/bench]
+               jobs=N side by side (CPU threads split; device=0,1 gives each job slot a GPU), threads=T per job
              yolokd bench protocols       (list them)
+             yolokd bench report protocol=NAME   (tabulate the runs finished so far; runs nothing)
   demo     Teacher, then students with none / ultralytics / mimic on synthetic scenes, and a results table
   methods  List the methods, their loss terms and hyperparameters with defaults
   help     This text

@@ -186,7 +186,7 @@ def _run_jobs(queue: list[_Job], slot_list: list[dict[str, Any]], log: Callable[
 def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] | None = None,
               seeds: list[int] | None = None, project: str | Path = "runs/bench",
               overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print, jobs: int | None = None,
-              device: str | None = None, threads: int | None = None) -> dict[str, Any]:
+              device: str | None = None, threads: int | None = None, report_only: bool = False) -> dict[str, Any]:
     """Run (or resume) a benchmark and write its tables.
 
     Args:
@@ -200,6 +200,8 @@ def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] |
             taken in parallel in the tables.
         device: ``cpu``, a CUDA id or ``0,1,...`` (job slot k uses device k mod n); default: Ultralytics' choice.
         threads: CPU threads per job; default ``cores // jobs``.
+        report_only: Run nothing; tabulate the runs that finished so far (e.g. while a long benchmark is still
+            running, or after one was stopped). Needs the teacher's result.
 
     Returns:
         {"out": folder, "ran": names of the jobs run now, "summary": per-entry rows, "markdown": table text}.
@@ -224,6 +226,12 @@ def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] |
     else:
         rfile.write_text(yaml.safe_dump({"hash": h, **rec}, sort_keys=False))
 
+    if report_only:
+        if not (out / "teacher" / "result.json").exists():
+            raise ProtocolError(f"nothing to report in {out}: its teacher has not finished yet")
+        init_file = out / "student-init" / "result.json"
+        return _tabulate(out, proto, rec, h, names, seeds, overrides, json.loads((out / "teacher" / "result.json")
+                         .read_text()), json.loads(init_file.read_text()) if init_file.exists() else None, [], log)
     data = resolve_data(rec["data"])
     train = dict(rec["train"])
     student = resolve_weights(str(rec["student"]))
@@ -240,8 +248,14 @@ def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] |
                     "run_dir": str(folder)}
             queue.append(_Job(folder, spec, needs_teacher=get_method(e["method"]).uses_teacher))
     results, ran = _run_jobs(queue, slot_list, log)
-    teacher, init = results["teacher"], results.get("student-init")
+    return _tabulate(out, proto, rec, h, names, seeds, overrides, results["teacher"], results.get("student-init"), ran,
+                     log)
 
+
+def _tabulate(out: Path, proto: dict[str, Any], rec: dict[str, Any], h: str, names: list[str], seeds: list[int],
+              overrides: dict[str, Any] | None, teacher: dict[str, Any], init: dict[str, Any] | None, ran: list[str],
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Write results.csv, the summary (CSV, Markdown) and the plots from every finished run in ``out``."""
     runs = collect_runs(out)
     head = f"{proto['headline']}_{proto['metric']}"
     rows = report.summarise(runs, teacher, head)
@@ -286,10 +300,13 @@ def _split(v: Any) -> list[str]:
 def cmd_bench(argv: list[str]) -> int:
     """``yolokd bench protocol=NAME methods=a,b seeds=0,1 [jobs=N device=0,1 threads=T project=DIR] [train overrides]``.
 
-    Or ``yolokd bench protocols`` to list them.
+    Or ``yolokd bench protocols`` to list them, and ``yolokd bench report protocol=NAME ...`` to tabulate the runs
+    that finished so far without running anything.
     """
     from yolokd.cli import parse_args
 
+    report_only = bool(argv) and argv[0] == "report"
+    argv = argv[1:] if report_only else argv
     if argv and argv[0] == "protocols":
         for name in list_protocols():
             p = load_protocol(name)
@@ -312,5 +329,5 @@ def cmd_bench(argv: list[str]) -> int:
     else:
         raise SystemExit("yolokd bench: give protocol=NAME (see `yolokd bench protocols`) or teacher=, student=, data=")
     run_bench(proto, methods=methods, seeds=seeds, project=project, overrides=kw or None, jobs=jobs, device=device,
-              threads=threads)
+              threads=threads, report_only=report_only)
     return 0
