@@ -248,30 +248,16 @@ yolokd_within "$BENCH_S" "${args[@]}" || rc=$?
 BENCH_RC=$rc
 echo "gpu_full: bench exit $BENCH_RC after $((SECONDS - T0)) s"
 
-# --- stopped or failed: tabulate the runs that finished (the bench re-runs nothing that has its result.json) ---------
+# --- stopped or failed: tabulate the runs that finished (`yolokd bench report` runs nothing) ---------------------------
 if [ "$BENCH_RC" -ne 0 ]; then
   STAGE=partial
-  B=$(bench_dir)
-  DONE=""
-  if [ -n "$B" ] && [ -f "$B/teacher/result.json" ]; then
-    DONE=$("$PY" - "$B" <<'EOF'
-import json, sys
-from pathlib import Path
-jobs = [json.loads((r.parent / "job.json").read_text()) for r in sorted(Path(sys.argv[1]).glob("runs/*/result.json"))]
-entries = sorted({j["entry"] for j in jobs}, key=lambda e: ({"none": 0, "ultralytics": 1}.get(e, 2), e))
-seeds = sorted({int(j["seed"]) for j in jobs})
-print(f"methods={','.join(entries)} seeds={','.join(map(str, seeds))}" if jobs else "")
-EOF
-)
-  fi
   T=$(($(left) - 15))
-  if [ -n "$DONE" ] && [ "$T" -ge 20 ]; then
-    echo "gpu_full: tabulating the finished runs only: $DONE"
-    # shellcheck disable=SC2086  # DONE is two key=value words
-    yolokd_within "$T" bench "protocol=$PROTO" "jobs=$JOBS" "device=$DEVICE" "project=$PROJECT" $DONE \
-      ${THREADS:+threads=$THREADS} || echo "gpu_full: tabulating failed"
+  B=$(bench_dir)
+  if [ -n "$B" ] && [ -f "$B/teacher/result.json" ] && [ "$T" -ge 20 ]; then
+    echo "gpu_full: tabulating the runs that finished"
+    yolokd_within "$T" bench report "protocol=$PROTO" "project=$PROJECT" || echo "gpu_full: tabulating failed"
   else
-    echo "gpu_full: nothing to tabulate (teacher unfinished, no finished run, or no time left)"
+    echo "gpu_full: nothing to tabulate (teacher unfinished, or no time left)"
   fi
 fi
 STAGE=done

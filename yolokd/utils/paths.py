@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG_DIR = ROOT / "cfg"
+_PACKAGED_CFG = Path(__file__).resolve().parents[1] / "cfg"  # an installed wheel's copy (setup.py puts it there)
+#: Method defaults, protocols and dataset class lists: the checkout's ``cfg/``, or the installed package's copy.
+CFG_DIR = _PACKAGED_CFG if _PACKAGED_CFG.is_dir() else ROOT / "cfg"
 
 
 def cache_dir() -> Path:
