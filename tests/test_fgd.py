@@ -242,6 +242,14 @@ def _build(**kw):
 
 
 # --------------------------------------------------------------------------------------------- loss vs naive loops
+def assert_terms_equal(terms, ref, rel, abs):
+    """Every image's and level's value of every term equals the naive one: ``ref[term][image][level]``."""
+    for name, rows in ref.items():
+        for b, row in enumerate(rows):
+            for lvl, v in enumerate(row):
+                assert terms[name][b, lvl].item() == pytest.approx(v, rel=rel, abs=abs), (name, b, lvl)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_vectorised_loss_equals_naive_loops(weighted):
     m = _build(alpha=0.7, beta=0.3, gamma=0.5, lambda_global=0.2, temperature=0.5)
@@ -251,12 +259,7 @@ def test_vectorised_loss_equals_naive_loops(weighted):
     kd = KDBatch(_feats(CS, 4, 1), _feats(CT, 4, 2, scale=2.0), batch, instance_weights=weights)
     terms = m(kd)
     assert tuple(terms) == TERMS and all(v.shape == (4, 3) and v.dtype == torch.float32 for v in terms.values())
-    ref = _naive_fgd(m, kd)
-    for name in TERMS:
-        for b in range(4):
-            for lvl in range(3):
-                assert terms[name][b, lvl].item() == pytest.approx(ref[name][b][lvl], rel=1e-5, abs=1e-12), (
-                    name, b, lvl)
+    assert_terms_equal(terms, _naive_fgd(m, kd), rel=1e-5, abs=1e-12)
     assert (terms["fgd_fg"][2] == 0).all() and (terms["fgd_bg"][2] > 0).all()  # the empty image: background only
     assert (terms["fgd_fg"][[0, 1, 3]] > 0).all()
 

@@ -33,10 +33,16 @@ def _rows(path) -> list[dict]:
         return [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+#: Per-method settings of the end-to-end run: gkd's lambda_global is 0 by default (its gkd_glob column would be 0 by
+#: design), and its run also checks the method's pictures (plots=True).
+E2E_EXTRA = {"gkd": dict(lambda_global=1e-3, plots=True)}
+
+
 @pytest.mark.parametrize("method,terms", [("none", ()), ("mimic", ("mimic",)), ("ultralytics", ("dis",)),
-                                          ("fgd", ("fgd_fg", "fgd_bg", "fgd_at", "fgd_gl"))])
+                                          ("fgd", ("fgd_fg", "fgd_bg", "fgd_at", "fgd_gl")),
+                                          ("gkd", ("gkd_map", "gkd_box", "gkd_att", "gkd_glob"))])
 def test_train_end_to_end(tmp_path, tiny_data, method, terms):
-    trainer = make_trainer(tmp_path, tiny_data, method=method)
+    trainer = make_trainer(tmp_path, tiny_data, method=method, **E2E_EXTRA.get(method, {}))
     seen = {}
 
     def after_setup(tr):
@@ -69,6 +75,11 @@ def test_train_end_to_end(tmp_path, tiny_data, method, terms):
     else:
         assert not any(k.startswith("train/") and k.endswith("_loss") and k.split("/")[1].split("_")[0]
                        not in {"box", "cls", "dfl"} for k in rows[-1])
+
+    if trainer.args.plots:  # the method's maps of the first batch of the first and last epoch, next to train_batch*
+        pictures = sorted(p.name for p in trainer.save_dir.glob(f"{method}_maps_epoch*.jpg"))
+        assert pictures == [f"{method}_maps_epoch{e}_P{k}.jpg" for e in (1, 2) for k in (3, 4, 5)]
+        assert any(trainer.save_dir.glob("train_batch*.jpg"))
 
     files = [trainer.last, trainer.best]
     seen_by_ultralytics = load_without_yolokd(*files)

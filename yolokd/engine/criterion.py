@@ -3,16 +3,20 @@
 It is installed as ``student.criterion`` once the trainer has built the EMA, so the student stays a plain Ultralytics
 ``DetectionModel``: the EMA, ``last.pt``/``best.pt`` and every exporter see no yolokd object. The features come from the
 head outputs themselves (``preds["feats"]`` are the Detect inputs), so no forward hooks are attached to the student.
+Gradient-guided methods get their detection-loss gradients from ``yolokd.engine.providers``, computed here once per
+batch.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from yolokd.methods.base import KDBatch, KDMethod, reduce_terms
+from yolokd.engine.providers import TeacherProbe, box_criterion, student_grads
+from yolokd.methods.base import GradOptions, KDBatch, KDMethod, reduce_terms
 
 
 def head_feats(raw: dict[str, Any]) -> list[Tensor]:
@@ -39,6 +43,9 @@ class KDCriterion:
         det: The student's detection criterion (``v8DetectionLoss`` or the end-to-end variant).
         teacher: The frozen teacher (eval mode, no gradients); never a submodule of the student.
         method: The distillation method; its parameters are optimised by the trainer.
+        probe: Runs the teacher with gradient taps when the method needs ``teacher_grads``, else None.
+        plot_to: When set, the method draws its pictures of the next training batch to files named ``<plot_to>*``
+            (one-shot; the trainer sets it at the start of the first and last epoch when ``plots=True``).
     """
 
     def __init__(self, det: Any, teacher: nn.Module | None, method: KDMethod) -> None:
@@ -47,8 +54,14 @@ class KDCriterion:
         self.teacher = teacher
         self.method = method
         self.term_names = tuple(method.term_names)
-        if teacher is not None and method.uses_teacher and "teacher_preds" not in method.needs:
-            skip_head(teacher)
+        self.plot_to: Path | None = None
+        needs = method.needs
+        self.probe = None
+        if teacher is not None and method.uses_teacher:
+            if "teacher_grads" in needs:
+                self.probe = TeacherProbe(teacher, box_criterion(det).hyp)  # the student's gains
+            elif "teacher_preds" not in needs:
+                skip_head(teacher)
 
     def __deepcopy__(self, memo: dict) -> None:
         """EMA copies of the student get no criterion (they build a plain one): they must never carry the teacher."""
@@ -70,18 +83,29 @@ class KDCriterion:
         if isinstance(preds, tuple) or not torch.is_grad_enabled():  # validation: report zeros for the KD columns
             zeros = det_loss.new_zeros(len(self.term_names))
             return torch.cat([det_loss, zeros]), {**items, **{f"{k}_loss": z for k, z in zip(self.term_names, zeros)}}
-        kd_loss, kd_items = self.kd_terms(preds, batch)
+        kd_loss, kd_items = self.kd_terms(preds, batch, det_loss)
         return torch.cat([det_loss, kd_loss.to(det_loss.dtype)]), {**items, **kd_items}
 
-    def kd_terms(self, preds: dict[str, Any], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Run the teacher on the same augmented images and reduce the method's terms, all in fp32."""
+    def kd_terms(
+        self, preds: dict[str, Any], batch: dict[str, Any], det_loss: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run the teacher on the same augmented images and reduce the method's terms, all in fp32.
+
+        ``det_loss`` is the student's detection loss on ``batch`` when the caller has it (the student gradients are
+        taken from it); it is recomputed if a method needs it and it is not given.
+        """
         img = batch["img"]
         if not self.term_names:
             return img.new_zeros(0), {}
+        needs = self.method.needs
+        options = self.method.grad_options or GradOptions()
         s_feats = head_feats(preds)
-        t_raw = None
+        s_grads = student_grads(self.det, preds, batch, det_loss, options) if "student_grads" in needs else None
+        t_raw, t_grads = None, None
         t_feats: list[Tensor] = []
-        if self.method.uses_teacher:
+        if self.probe is not None:
+            t_raw, t_feats, t_grads = self.probe(img, batch, options)
+        elif self.method.uses_teacher:
             with torch.no_grad():
                 t_out = self.teacher(img)
             t_raw = t_out[1] if isinstance(t_out, tuple) else t_out
@@ -92,11 +116,17 @@ class KDCriterion:
                 student_feats=[f.float() for f in s_feats],
                 teacher_feats=t_feats,
                 batch=batch,
-                teacher_preds=t_raw if "teacher_preds" in self.method.needs else None,
-                student_preds=preds if "student_preds" in self.method.needs else None,
+                teacher_preds=t_raw if "teacher_preds" in needs else None,
+                student_preds=preds if "student_preds" in needs else None,
+                teacher_grads=t_grads,
+                student_grads=s_grads,
             )
             terms = self.method(kd)
             if tuple(terms) != self.term_names:
                 raise RuntimeError(f"method '{self.method.name}' returned terms {tuple(terms)}, "
                                    f"declared {self.term_names}")
+            if self.plot_to is not None:
+                stem, self.plot_to = self.plot_to, None
+                with torch.no_grad():
+                    self.method.plot(kd, stem)
             return reduce_terms(terms, kd.batch_size)

@@ -77,6 +77,8 @@ class KDTrainer(DetectionTrainer):
         self.method: KDMethod | None = None
         self.teacher_metrics: dict[str, float] = {}
         super().__init__(cfg, overrides, _callbacks)
+        if _plot_method_maps not in self.callbacks["on_train_epoch_start"]:  # a DDP relaunch brings it along
+            self.add_callback("on_train_epoch_start", _plot_method_maps)
         self._prepare_teacher()
 
     # ------------------------------------------------------------------ set-up
@@ -275,6 +277,19 @@ class KDTrainer(DetectionTrainer):
                             + ("  (far from 0.1-1: consider changing the method's weight)"
                                if not 0.01 <= ratio <= 10 else ""))
         super().save_metrics(metrics)
+
+
+def _plot_method_maps(trainer: KDTrainer) -> None:
+    """With ``plots=True``, have the method draw the first batch of the first and last epoch (e.g. GKD's maps).
+
+    The pictures go next to Ultralytics' ``train_batch*.jpg`` as ``<method>_maps_epoch<E>*``; methods with nothing to
+    show write nothing (``KDMethod.plot``).
+    """
+    if not trainer.args.plots or RANK not in {-1, 0} or trainer.epoch not in {0, trainer.epochs - 1}:
+        return
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    if isinstance(criterion, KDCriterion):
+        criterion.plot_to = Path(trainer.save_dir) / f"{trainer.kd.method}_maps_epoch{trainer.epoch + 1}"
 
 
 def _rewrite(src: Path, dst: Path, state: dict[str, Any]) -> None:

@@ -14,12 +14,13 @@ import yaml
 
 from yolokd.methods.base import SUPPORTED_NEEDS, KDBatch, KDMethod, reduce_terms
 from yolokd.methods.fgd import FGD
+from yolokd.methods.gkd import GKD
 from yolokd.methods.mimic import Mimic
 from yolokd.methods.none import NoKD
 from yolokd.methods.ultralytics_sl2 import UltralyticsSL2
 from yolokd.utils.paths import CFG_DIR
 
-_REGISTERED: tuple[type[KDMethod], ...] = (NoKD, Mimic, UltralyticsSL2, FGD)
+_REGISTERED: tuple[type[KDMethod], ...] = (NoKD, Mimic, UltralyticsSL2, FGD, GKD)
 METHODS: dict[str, type[KDMethod]] = {m.name: m for m in _REGISTERED}
 
 __all__ = ["METHODS", "KDBatch", "KDMethod", "build_method", "get_method", "method_defaults", "reduce_terms"]

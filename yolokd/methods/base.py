@@ -12,14 +12,89 @@ terms, and the logged value is that sum divided by the batch size.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 #: Inputs a method may declare in ``KDMethod.needs``, beyond the neck features and the batch it always gets.
-SUPPORTED_NEEDS = frozenset({"teacher_preds", "student_preds"})
+SUPPORTED_NEEDS = frozenset({"teacher_preds", "student_preds", "teacher_grads", "student_grads"})
+
+
+def flag(method: str, name: str, value: Any) -> bool:
+    """A boolean hyperparameter: a bool, 0/1, or a true/false-like string (from the Python API or a config)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
+        return value.strip().lower() in {"true", "1", "yes", "on"}
+    raise ValueError(f"method '{method}': {name}={value!r} is not a boolean (use true or false)")
+
+
+def coefficients(method: str, **values: Any) -> list[float]:
+    """Loss coefficients as floats, in the order given; each must be >= 0 (a negative one rewards imitation error)."""
+    out = [float(v) for v in values.values()]
+    for k, v in zip(values, out):
+        if v < 0:
+            raise ValueError(f"method '{method}': {k} must be >= 0, got {v}")
+    return out
+
+
+def positive_temperature(method: str, value: Any) -> float:
+    """A softmax temperature, which must be > 0."""
+    t = float(value)
+    if t <= 0:
+        raise ValueError(f"method '{method}': temperature must be > 0, got {t}")
+    return t
+
+
+def choice(method: str, name: str, value: Any, options: Iterable[str]) -> str:
+    """A string hyperparameter that must be one of ``options`` (case-insensitive)."""
+    options = tuple(options)
+    v = str(value).strip().lower()
+    if v not in options:
+        raise ValueError(f"method '{method}': {name}={value!r} must be one of {', '.join(options)}")
+    return v
+
+
+@dataclass(frozen=True)
+class GradOptions:
+    """How the criterion computes ``teacher_grads`` and ``student_grads`` (methods.md §2.4, §6.6).
+
+    They are computed once per batch by ``KDCriterion``, not by the method, so that a wrapper composing several
+    methods shares one teacher backward. A method that declares a ``*_grads`` need sets ``grad_options`` from its own
+    hyperparameters; the defaults below are the spec's and only apply to a method that sets none.
+
+    Attributes:
+        path: ``total``: dL/dF including every path from F to the loss (through the rest of the neck, the PAN path
+            from P3 to P4/P5, and the head), what a Grad-CAM hook on each tensor sees. ``direct``: only the path
+            through the head (each Detect input detached), cheaper. Applies to the teacher; the student's gradients
+            are always total (the student's graph is the training graph, which is not cut).
+        target: ``gt``: the detection loss against the batch labels. ``pred``: against the model's own detections
+            (confidence > ``pred_conf``, at most ``pred_topk`` per image after NMS), as the released GKD code does;
+            the teacher uses its detections, the student its own.
+        pred_conf: Confidence threshold of the ``pred`` targets.
+        pred_topk: Detections kept per image for the ``pred`` targets.
+    """
+
+    path: str = "total"
+    target: str = "gt"
+    pred_conf: float = 0.3
+    pred_topk: int = 10
+
+    def __post_init__(self) -> None:
+        """Reject values the criterion cannot act on."""
+        if self.path not in {"total", "direct"}:
+            raise ValueError(f"gradient path must be total or direct, got {self.path!r}")
+        if self.target not in {"gt", "pred"}:
+            raise ValueError(f"gradient target must be gt or pred, got {self.target!r}")
+        if not 0.0 <= self.pred_conf <= 1.0 or self.pred_topk < 1:
+            raise ValueError(f"pred_conf must lie in [0, 1] and pred_topk be >= 1, got {self.pred_conf}, "
+                             f"{self.pred_topk}")
 
 
 @dataclass
@@ -34,6 +109,13 @@ class KDBatch:
         teacher_preds: The teacher's raw head outputs ``{"boxes": (N, 4*reg_max, A), "scores": (N, nc, A)}`` (and the
             ``one2one`` branch under that key for end-to-end heads), if the method declared ``teacher_preds``.
         student_preds: The student's raw head outputs, same layout, if the method declared ``student_preds``.
+        teacher_grads: If the method declared ``teacher_grads``: dL_T/dF^T at each teacher Detect input, (N, C_t, H, W),
+            fp32, detached, where L_T is the teacher's own detection loss (Ultralytics' ``v8DetectionLoss`` with the
+            student's box/cls/dfl gains, summed over images as Ultralytics optimises it) on the same augmented batch,
+            taken as ``KDMethod.grad_options`` says. ``teacher_feats`` are then the tensors these gradients belong to.
+        student_grads: If the method declared ``student_grads``: dL_S/dF^S at each student Detect input, (N, C_s, H,
+            W), fp32, detached (constants), with L_S the student's detection loss as the trainer optimises it (or
+            against its own detections, ``grad_options.target == "pred"``). ``student_feats`` keep their graph.
         instance_weights: Per-object weights (n,), aligned with ``batch['bboxes']``, set by a wrapper method; methods
             with per-object terms multiply each object's region by its weight. None means 1.
     """
@@ -43,6 +125,8 @@ class KDBatch:
     batch: dict[str, Any]
     teacher_preds: dict[str, Any] | None = None
     student_preds: dict[str, Any] | None = None
+    teacher_grads: list[Tensor] | None = None
+    student_grads: list[Tensor] | None = None
     instance_weights: Tensor | None = None
 
     @property
@@ -65,6 +149,8 @@ class KDMethod(nn.Module):
     needs: ClassVar[frozenset[str]] = frozenset()
     #: False for methods that never look at the teacher (``none``): the trainer then skips the teacher forward.
     uses_teacher: ClassVar[bool] = True
+    #: How ``teacher_grads`` / ``student_grads`` are computed, for methods that declare them (instance attribute).
+    grad_options: GradOptions | None = None
 
     def __init__(self, student_channels: list[int], teacher_channels: list[int]) -> None:
         """Record the per-level widths that connectors are built from."""
@@ -80,6 +166,24 @@ class KDMethod(nn.Module):
     def forward(self, kd: KDBatch) -> dict[str, Tensor]:
         """Return ``{term: (N, L) tensor}``: each image's and level's weighted contribution to each term."""
         raise NotImplementedError
+
+    def check_level(self, lvl: int, student: Tensor, teacher: Tensor) -> None:
+        """Fail clearly when a level's student and teacher maps differ in batch size or resolution."""
+        if student.shape[-2:] != teacher.shape[-2:] or student.shape[0] != teacher.shape[0]:
+            raise ValueError(f"{self.name} level {lvl}: student {tuple(student.shape)} and teacher "
+                             f"{tuple(teacher.shape)} differ")
+
+    def stack_levels(self, per_level: list[tuple[Tensor, ...]]) -> dict[str, Tensor]:
+        """``{term: (N, L)}`` from one tuple of (N,) values per level, in ``term_names`` order."""
+        return {k: torch.stack([values[i] for values in per_level], 1) for i, k in enumerate(self.term_names)}
+
+    def plot(self, kd: KDBatch, stem: Path) -> list[Path]:
+        """Draw what the method looks at for this batch into files named ``<stem>*``; return them.
+
+        Called by the criterion (no grad, fp32) on the first batch of the first and last epoch when ``plots=True``, so
+        the pictures lie next to Ultralytics' ``train_batch*.jpg``. Methods without anything to show keep this no-op.
+        """
+        return []
 
 
 def reduce_terms(

@@ -53,25 +53,12 @@ i.e. the same KD:detection ratio as the official code's "sum / N" added to mmdet
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from yolokd.methods.base import KDBatch, KDMethod
+from yolokd.methods.base import KDBatch, KDMethod, coefficients, flag, positive_temperature
 from yolokd.nn.connectors import build_connectors
 from yolokd.nn.gcblock import GcBlock
-
-
-def _flag(name: str, value: Any) -> bool:
-    """A boolean hyperparameter: a bool, 0/1, or a true/false-like string (from the Python API or a config)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
-        return value.strip().lower() in {"true", "1", "yes", "on"}
-    raise ValueError(f"method 'fgd': {name}={value!r} is not a boolean (use true or false)")
 
 
 def box_extents(boxes: Tensor, img_hw: tuple[int, int], feat_hw: tuple[int, int]) -> tuple[Tensor, ...]:
@@ -99,6 +86,51 @@ def box_extents(boxes: Tensor, img_hw: tuple[int, int], feat_hw: tuple[int, int]
     return row_min, row_max, col_min, col_max
 
 
+def inside_image(boxes: Tensor) -> Tensor:
+    """(n,) bool: the normalised xywh box has some area inside the image.
+
+    A box with no area inside the image (a degenerate label; Ultralytics clips its own) would otherwise be clamped onto
+    the border cells by ``box_extents``: such a box marks nothing.
+    """
+    b = boxes.float()
+    return ((b[:, 0] - b[:, 2] / 2 < 1) & (b[:, 0] + b[:, 2] / 2 > 0)
+            & (b[:, 1] - b[:, 3] / 2 < 1) & (b[:, 1] + b[:, 3] / 2 > 0))
+
+
+def combine_boxes(vals: Tensor, batch_idx: Tensor, n_images: int, weights: Tensor | None = None) -> Tensor:
+    """Per image and cell, the largest value of that image's boxes, optionally times the winning box's weight.
+
+    This is the overlap rule of FGD's scale mask (the smallest box has the largest S) and of BMFI's Gaussian masks
+    (element-wise max), and where both apply the per-object weights of a wrapper (methods.md §6.5): the weight of the
+    box that defines the value at a cell; among boxes with equal values there, the largest weight.
+
+    Args:
+        vals: (n, HW) each box's non-negative value on every cell, 0 where it does not reach.
+        batch_idx: (n,) image index of each box.
+        n_images: N.
+        weights: Optional (n,) per-object weights, used as constants.
+
+    Returns:
+        (N, HW) fp32, 0 where no box reaches.
+    """
+    n, hw = vals.shape
+    device = vals.device
+    best = torch.zeros(n_images, hw, device=device)
+    if not n:
+        return best
+    idx = batch_idx.view(-1).long().to(device)[:, None].expand(n, hw)
+    best = best.scatter_reduce(0, idx, vals, reduce="amax", include_self=True)
+    if weights is None:
+        return best
+    wts = weights.detach().float().view(-1).to(device)
+    if wts.shape[0] != n:
+        raise ValueError(f"instance_weights has {wts.shape[0]} entries for {n} boxes")
+    winner = (vals > 0) & (vals == best.gather(0, idx))  # boxes that define the value at each cell they reach
+    key = torch.where(winner, wts[:, None], float("-inf"))
+    wmax = torch.full_like(best, float("-inf")).scatter_reduce(0, idx, key, reduce="amax", include_self=True)
+    return torch.where(best > 0, best * wmax, 0.0)
+
+
 def fgd_masks(
     boxes: Tensor,
     batch_idx: Tensor,
@@ -124,7 +156,7 @@ def fgd_masks(
     h, w = feat_hw
     device = boxes.device
     n = boxes.shape[0]
-    smax = torch.zeros(n_images, h * w, device=device)
+    vals = torch.zeros(n, h * w, device=device)
     if n:
         r0, r1, c0, c1 = box_extents(boxes, img_hw, feat_hw)
         rows = torch.arange(h, device=device)
@@ -132,32 +164,15 @@ def fgd_masks(
         in_rows = (rows[None] >= r0[:, None]) & (rows[None] <= r1[:, None])  # (n, H)
         in_cols = (cols[None] >= c0[:, None]) & (cols[None] <= c1[:, None])  # (n, W)
         cover = (in_rows[:, :, None] & in_cols[:, None, :]).view(n, h * w)  # (n, HW)
-        # A box with no area inside the image (a degenerate label; Ultralytics clips its own) would otherwise be
-        # clamped onto the border cells: it marks nothing.
-        b = boxes.float()
-        inside = ((b[:, 0] - b[:, 2] / 2 < 1) & (b[:, 0] + b[:, 2] / 2 > 0)
-                  & (b[:, 1] - b[:, 3] / 2 < 1) & (b[:, 1] + b[:, 3] / 2 > 0))
-        cover &= inside[:, None]
+        cover &= inside_image(boxes)[:, None]
         # S from the clamped extents (methods.md §6.3), i.e. the cells the box really covers. The official code takes
         # the area before cutting at the map edge, so a box ending on the last row/column (clipped mosaic labels)
         # counts one cell that does not exist there and gets a slightly smaller weight than here.
         scale = 1.0 / ((r1 - r0 + 1) * (c1 - c0 + 1)).float()  # (n,), > 0: the +1 keeps the area >= 1
         vals = torch.where(cover, scale[:, None], 0.0)
-        idx = batch_idx.view(-1).long().to(device)[:, None].expand(n, h * w)
-        smax = smax.scatter_reduce(0, idx, vals, reduce="amax", include_self=True)  # smallest box wins
-        if weights is not None:
-            wts = weights.detach().float().view(-1).to(device)
-            if wts.shape[0] != n:
-                raise ValueError(f"instance_weights has {wts.shape[0]} entries for {n} boxes")
-            winner = cover & (vals == smax.gather(0, idx))  # boxes that define S at each cell they cover
-            key = torch.where(winner, wts[:, None], float("-inf"))
-            wmax = torch.full_like(smax, float("-inf")).scatter_reduce(0, idx, key, reduce="amax", include_self=True)
-            fg = torch.where(smax > 0, smax * wmax, 0.0)
-        else:
-            fg = smax
-    else:
-        fg = smax
-    bg = (smax == 0).float()
+    covered = combine_boxes(vals, batch_idx, n_images)  # S of the smallest box: the mask without weights
+    fg = covered if weights is None else combine_boxes(vals, batch_idx, n_images, weights)
+    bg = (covered == 0).float()
     bg = bg / bg.sum(1, keepdim=True).clamp(min=1.0)  # all-foreground maps stay all zero
     return fg.view(n_images, h, w), bg.view(n_images, h, w)
 
@@ -169,6 +184,17 @@ def attention(feat: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     spatial = h * w * torch.softmax(a.mean(1).view(n, h * w) / temperature, dim=1)
     channel = c * torch.softmax(a.mean((2, 3)) / temperature, dim=1)
     return spatial.view(n, h, w), channel
+
+
+def focal_error(fs: Tensor, ft: Tensor, att_spatial_t: Tensor, att_channel_t: Tensor) -> Tensor:
+    """(N, H, W): sum_c A^C_T * (F^T - F^S)^2, times A^S_T: the teacher-attention weighted error per cell (§1.4)."""
+    return ((fs - ft).pow(2) * att_channel_t[:, :, None, None]).sum(1) * att_spatial_t
+
+
+def attention_l1(fs: Tensor, att_spatial_t: Tensor, att_channel_t: Tensor, temperature: float) -> Tensor:
+    """(N,): FGD's attention loss sum_c |A^C_S - A^C_T| + sum_ij |A^S_S - A^S_T|, the student's from ``fs`` (§1.4)."""
+    att_spatial_s, att_channel_s = attention(fs, temperature)
+    return (att_channel_s - att_channel_t).abs().sum(1) + (att_spatial_s - att_spatial_t).abs().sum((1, 2))
 
 
 class FGD(KDMethod):
@@ -192,16 +218,12 @@ class FGD(KDMethod):
     ) -> None:
         """Build phi (1x1 conv where widths differ) per level, and two GcBlocks per level when the global term is on."""
         super().__init__(student_channels, teacher_channels)
-        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
-        self.lambda_global, self.temperature = float(lambda_global), float(temperature)
-        for k in ("alpha", "beta", "gamma", "lambda_global"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"method 'fgd': {k} must be >= 0, got {getattr(self, k)}")
-        if self.temperature <= 0:
-            raise ValueError(f"method 'fgd': temperature must be > 0, got {self.temperature}")
-        self.use_focal = _flag("use_focal", use_focal)
-        self.use_attention = _flag("use_attention", use_attention)
-        self.use_global = _flag("use_global", use_global)
+        self.alpha, self.beta, self.gamma, self.lambda_global = coefficients(
+            self.name, alpha=alpha, beta=beta, gamma=gamma, lambda_global=lambda_global)
+        self.temperature = positive_temperature(self.name, temperature)
+        self.use_focal = flag(self.name, "use_focal", use_focal)
+        self.use_attention = flag(self.name, "use_attention", use_attention)
+        self.use_global = flag(self.name, "use_global", use_global)
         self.connectors = build_connectors("conv1x1", student_channels, teacher_channels)
         if self.use_global:
             self.gc_student = nn.ModuleList(GcBlock(c) for c in teacher_channels)
@@ -214,10 +236,9 @@ class FGD(KDMethod):
         img_hw = tuple(batch["img"].shape[-2:])
         boxes = batch["bboxes"]
         batch_idx = batch["batch_idx"]
-        out: dict[str, list[Tensor]] = {k: [] for k in self.term_names}
+        per_level = []
         for lvl, (conn, s, t) in enumerate(zip(self.connectors, kd.student_feats, kd.teacher_feats)):
-            if s.shape[-2:] != t.shape[-2:] or s.shape[0] != t.shape[0]:
-                raise ValueError(f"fgd level {lvl}: student {tuple(s.shape)} and teacher {tuple(t.shape)} differ")
+            self.check_level(lvl, s, t)
             fs = conn(s.float())
             ft = t.detach().float()
             zero = fs.new_zeros(n)
@@ -227,16 +248,13 @@ class FGD(KDMethod):
             if self.use_focal:
                 m_fg, m_bg = fgd_masks(boxes.to(fs.device), batch_idx, n, img_hw, tuple(ft.shape[-2:]),
                                        kd.instance_weights)
-                # sum_c A^C_T * D, times A^S_T: the attention-weighted error of each cell, (N, H, W)
-                err = ((fs - ft).pow(2) * att_c_t[:, :, None, None]).sum(1) * att_s_t
+                err = focal_error(fs, ft, att_s_t, att_c_t)
                 fg = self.alpha * (err * m_fg).sum((1, 2))
                 bg = self.beta * (err * m_bg).sum((1, 2))
             if self.use_attention:
-                att_s_s, att_c_s = attention(fs, self.temperature)
-                at = self.gamma * ((att_c_s - att_c_t).abs().sum(1) + (att_s_s - att_s_t).abs().sum((1, 2)))
+                at = self.gamma * attention_l1(fs, att_s_t, att_c_t, self.temperature)
             if self.use_global:
                 rel = self.gc_student[lvl](fs) - self.gc_teacher[lvl](ft)
                 gl = self.lambda_global * rel.pow(2).sum((1, 2, 3))
-            for k, v in zip(self.term_names, (fg, bg, at, gl)):
-                out[k].append(v)
-        return {k: torch.stack(v, 1) for k, v in out.items()}
+            per_level.append((fg, bg, at, gl))
+        return self.stack_levels(per_level)

@@ -1,0 +1,199 @@
+"""Gradient providers: dL_det/dF at the Detect inputs of teacher and student, once per batch (methods.md §2.4, §6.6).
+
+Gradient-guided methods (GKD) weight features by the gradient of a detection loss with respect to them. The criterion
+computes these gradients, not the method, so that a wrapper composing methods (AID around GKD) shares one teacher
+backward, and hands them over in ``KDBatch.teacher_grads`` / ``KDBatch.student_grads``.
+
+- **Teacher** (``TeacherProbe``): the frozen teacher (``requires_grad`` False, eval mode) runs forward with grad
+  enabled. Forward hooks on the layers that feed Detect replace the first one's output (P3 in v8/11) by
+  ``out.detach().requires_grad_()``: nothing before it builds a graph (the parameters are frozen), so the graph covers
+  only the rest of the neck (the PAN path P3 -> P4 -> P5) and the head. ``torch.autograd.grad`` of the teacher's own
+  detection loss with respect to P3/P4/P5 then gives the total derivatives, what a Grad-CAM hook on each tensor sees,
+  without a backward through the backbone and without touching any parameter's ``.grad``. ``path="direct"``
+  detaches all three taps: head-only gradients, cheaper. The hooks are removed after every call, BN statistics are
+  untouched (eval mode), and the teacher object is otherwise left as it was. The loss is Ultralytics'
+  ``v8DetectionLoss`` built for the teacher with the *student's* box/cls/dfl gains (methods.md §6.4 step 1), on the
+  one-to-many branch for end-to-end heads.
+- **Student** (``feature_grads``): ``autograd.grad(L_det^S, student feats, retain_graph=True)`` on the loss the trainer
+  is about to back-propagate, before that backward; it leaves the graph and every ``.grad`` as they were.
+- **AMP** (methods.md §6.8): under fp16 autocast, small gradients underflow in the fp16 backward. The loss is
+  multiplied by ``GRAD_SCALE`` (a power of two, exact) before ``autograd.grad`` and the fp32 gradients divided by it
+  again, so the gradients handed over are true values in fp32.
+- **Targets**: the batch labels (``target="gt"``) or the model's own detections (``target="pred"``: confidence >
+  ``pred_conf``, class-aware NMS at IoU ``PRED_IOU``, at most ``pred_topk`` per image), as the released GKD code does.
+
+Cost per batch: the teacher forward (already needed for feature KD) plus one backward through its neck tail and head,
+and one partial backward of the student loss through the student's head and neck tail (methods.md §6.6).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from yolokd.methods.base import GradOptions
+
+#: Constant the loss is multiplied by before ``autograd.grad`` (and the gradients divided by after, in fp32), so that
+#: fp16 backward passes under AMP do not flush small gradients to zero. 2^10 keeps typical detection-loss gradients
+#: (1e-9..1e-2 per element) well inside fp16's range (6e-8..65504); a power of two makes the rescaling exact.
+GRAD_SCALE = 2.0**10
+
+#: IoU of the NMS that turns a model's outputs into ``target="pred"`` labels: Ultralytics' predict/val default.
+PRED_IOU = 0.7
+
+
+def feature_grads(loss: Tensor, feats: list[Tensor], retain_graph: bool) -> list[Tensor]:
+    """dloss/dfeat for each tensor of ``feats``, fp32 and detached; zeros where a tensor does not reach the loss.
+
+    Args:
+        loss: A scalar in the graph of ``feats``.
+        feats: Tensors of that graph (leaves or not).
+        retain_graph: Keep the graph for a later backward (True for the student, whose training backward follows).
+    """
+    if not loss.requires_grad:
+        return [torch.zeros_like(f, dtype=torch.float32) for f in feats]
+    grads = torch.autograd.grad(loss * GRAD_SCALE, feats, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(f, dtype=torch.float32) if g is None else g.detach().float() / GRAD_SCALE
+            for f, g in zip(feats, grads)]
+
+
+def one2many(raw: dict[str, Any]) -> dict[str, Any]:
+    """The one-to-many branch of a raw head output (end-to-end heads keep it under ``one2many``)."""
+    return raw["one2many"] if "one2many" in raw else raw
+
+
+def box_criterion(det: Any) -> Any:
+    """The ``v8DetectionLoss`` inside a detection criterion (``E2ELoss`` holds one per branch)."""
+    return getattr(det, "one2many", det)
+
+
+def pseudo_targets(raw: dict[str, Any], det: Any, img_hw: tuple[int, int], conf: float, topk: int) -> dict[str, Tensor]:
+    """A model's own detections as a batch of labels, in the layout of Ultralytics' training batch.
+
+    Args:
+        raw: Raw one-to-many head output ``{"boxes", "scores", "feats"}``.
+        det: The model's ``v8DetectionLoss`` (its strides and DFL decoding are the model's own).
+        img_hw: Size of the batch image tensor.
+        conf: Confidence threshold.
+        topk: Detections kept per image.
+
+    Returns:
+        ``{"batch_idx": (n,), "cls": (n, 1), "bboxes": (n, 4)}`` with normalised xywh boxes clipped to the image.
+    """
+    from ultralytics.utils.nms import non_max_suppression
+    from ultralytics.utils.ops import xyxy2xywh
+    from ultralytics.utils.tal import make_anchors
+
+    anchors, strides = make_anchors(raw["feats"], det.stride, 0.5)
+    dist = raw["boxes"].detach().float().permute(0, 2, 1)
+    xyxy = det.bbox_decode(anchors.float(), dist) * strides.float()  # (N, A, 4) pixels
+    scores = raw["scores"].detach().float().sigmoid().permute(0, 2, 1)
+    dets = non_max_suppression(torch.cat([xyxy2xywh(xyxy), scores], -1).permute(0, 2, 1), conf_thres=conf,
+                               iou_thres=PRED_IOU, max_det=topk)
+    h, w = img_hw
+    device = dist.device
+    size = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+    boxes = torch.cat([d[:, :4] for d in dets]).view(-1, 4)
+    boxes = torch.minimum(boxes.clamp(min=0), size)
+    return {
+        "batch_idx": torch.cat([torch.full((len(d),), float(i), device=device) for i, d in enumerate(dets)]),
+        "cls": torch.cat([d[:, 5:6] for d in dets]).view(-1, 1),
+        "bboxes": xyxy2xywh(boxes) / size,
+    }
+
+
+def student_grads(det: Any, preds: dict[str, Any], batch: dict[str, Any], det_loss: Tensor | None,
+                  options: GradOptions) -> list[Tensor]:
+    """dL_S/dF^S at the student's Detect inputs, before the training backward (its graph is kept).
+
+    Args:
+        det: The student's detection criterion (``v8DetectionLoss`` or ``E2ELoss``).
+        preds: The student's raw training outputs.
+        batch: The training batch.
+        det_loss: The detection loss vector already computed on ``batch`` (recomputed when None).
+        options: ``target="pred"`` replaces the labels by the student's own detections.
+    """
+    if options.target == "pred":
+        labels = pseudo_targets(one2many(preds), box_criterion(det), tuple(batch["img"].shape[-2:]),
+                                options.pred_conf, options.pred_topk)
+        det_loss = det(preds, labels)[0]
+    elif det_loss is None:
+        det_loss = det(preds, batch)[0]
+    return feature_grads(det_loss.sum(), list(one2many(preds)["feats"]), retain_graph=True)
+
+
+def _detached(x: Any) -> Any:
+    """A copy of a nested dict/list/tuple of tensors with every tensor detached."""
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, dict):
+        return {k: _detached(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_detached(v) for v in x)
+    return x
+
+
+class TeacherProbe:
+    """Runs the frozen teacher and returns its Detect inputs, raw outputs and detection-loss gradients at those inputs.
+
+    Attributes:
+        teacher: The frozen teacher (eval mode, parameters without grad); never modified.
+        loss: Ultralytics' ``v8DetectionLoss`` of the teacher with the student's gains.
+        taps: The layers whose outputs feed the teacher's Detect head, in Detect's input order.
+    """
+
+    def __init__(self, teacher: nn.Module, hyp: Any) -> None:
+        """Build the teacher's loss with the student's hyperparameters ``hyp`` (box/cls/dfl gains).
+
+        ``v8DetectionLoss`` reads ``args`` from the model it is given; a view of the teacher carrying ``hyp`` is passed
+        instead of setting ``teacher.args``, so the teacher object is not changed (its checkpoint ``args`` may be a
+        plain dict, methods.md §6.4).
+        """
+        from ultralytics.utils.loss import v8DetectionLoss
+
+        from yolokd.engine.models import detect_head
+
+        self.teacher = teacher
+        view = SimpleNamespace(args=hyp, model=teacher.model, parameters=teacher.parameters,
+                               class_weights=getattr(teacher, "class_weights", None))
+        self.loss = v8DetectionLoss(view)
+        self.taps = [teacher.model[i] for i in detect_head(teacher).f]
+
+    def __call__(self, img: Tensor, batch: dict[str, Any], options: GradOptions
+                 ) -> tuple[dict[str, Any], list[Tensor], list[Tensor]]:
+        """Teacher forward on ``img`` and the gradients of its detection loss at its Detect inputs.
+
+        Returns:
+            ``(raw, feats, grads)``: the raw head output (detached), the Detect inputs (fp32, detached) and dL_T/dF
+            for each (fp32, detached, true scale), all in Detect's input order.
+        """
+        outs: dict[int, Tensor] = {}
+
+        def tap(k: int, module: nn.Module, inputs: Any, out: Tensor) -> Tensor:
+            # The first tap to run always becomes a leaf: the backward stops there, never reaching the backbone. A
+            # later one stays in the graph when it derives from an earlier tap (total derivative), else becomes a leaf.
+            if options.path == "direct" or not outs or not out.requires_grad:
+                out = out.detach().requires_grad_()
+            outs[k] = out
+            return out
+
+        handles = [m.register_forward_hook(lambda mod, i, o, k=k: tap(k, mod, i, o)) for k, m in enumerate(self.taps)]
+        try:
+            with torch.enable_grad():
+                out = self.teacher(img)
+                raw = one2many(out[1] if isinstance(out, tuple) else out)
+                feats = [outs[k] for k in range(len(self.taps))]
+                labels = batch
+                if options.target == "pred":
+                    labels = pseudo_targets(raw, self.loss, tuple(img.shape[-2:]), options.pred_conf,
+                                            options.pred_topk)
+                loss = self.loss(raw, labels)[0].sum()
+                grads = feature_grads(loss, feats, retain_graph=False)
+        finally:
+            for h in handles:
+                h.remove()
+        full = out[1] if isinstance(out, tuple) else out
+        return _detached(full), [f.detach().float() for f in feats], grads
