@@ -11,6 +11,7 @@ inference process, and of an idle interpreter with torch and Ultralytics importe
     python tools/bench_speed.py                       # speed, teacher yolov8s.yaml, student yolov8n.yaml, 320, batch 8
     python tools/bench_speed.py --memory              # peak RSS rows and the 1.10 criterion
     python tools/bench_speed.py --rounds 30 --json out.json
+    python tools/bench_speed.py --methods none,fgd,gkd --vs fgd   # also each row / the fgd row (issue criteria)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ os.environ.setdefault("YOLOKD_CACHE", str(Path(tempfile.gettempdir()) / "yolokd-
 
 import yolokd  # noqa: E402,F401
 
-METHODS = ("none", "mimic", "ultralytics", "fgd")  # the first is the reference of the ratios
+METHODS = ("none", "mimic", "ultralytics", "fgd")  # default rows; "none" is always first: the reference of the ratios
 
 
 def setup(method: str, teacher: str, student: str, data: str, imgsz: int, batch: int, tmp: str):
@@ -75,16 +76,18 @@ def run_speed(a) -> dict:
 
     data = resolve_data(a.data)
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {m: setup(m, a.teacher, a.student, data, a.imgsz, a.batch, tmp) for m in METHODS}
+        methods = a.methods
+        trainers = {m: setup(m, a.teacher, a.student, data, a.imgsz, a.batch, tmp) for m in methods}
         bs = batches(trainers["none"], a.batches)
         # a separately loaded, complete teacher: the KD trainers' copy may skip its head (feature-only methods)
         from yolokd.engine.models import load_teacher
 
-        teacher = load_teacher(trainers["mimic"].kd.teacher, trainers["mimic"].data)
-        times: dict[str, list[float]] = {m: [] for m in (*METHODS, "teacher_fwd")}
+        kd = trainers[methods[1]]
+        teacher = load_teacher(kd.kd.teacher, kd.data)
+        times: dict[str, list[float]] = {m: [] for m in (*methods, "teacher_fwd")}
         for r in range(a.warmup + a.rounds):
             b = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in bs[r % len(bs)].items()}
-            for m in (*METHODS, "teacher_fwd"):
+            for m in (*methods, "teacher_fwd"):
                 t0 = time.perf_counter()
                 if m == "teacher_fwd":
                     with torch.no_grad():
@@ -97,11 +100,15 @@ def run_speed(a) -> dict:
     res = {m: {"median_s": statistics.median(v), "p25_s": _q(v, 0.25), "p75_s": _q(v, 0.75), "n": len(v)}
            for m, v in times.items()}
     base = res["none"]["median_s"] + res["teacher_fwd"]["median_s"]
-    for m in METHODS[1:]:
+    for m in methods[1:]:
         res[m]["ratio_vs_student_plus_teacher"] = res[m]["median_s"] / base
         # per-round ratio, for its spread
         per = [k / (n + t) for k, n, t in zip(times[m], times["none"], times["teacher_fwd"])]
         res[m]["ratio_p25"], res[m]["ratio_p75"] = _q(per, 0.25), _q(per, 0.75)
+        if a.vs and m != a.vs:  # e.g. GKD's criterion: its iteration against FGD's, paired per round
+            per = [k / r for k, r in zip(times[m], times[a.vs])]
+            res[m][f"ratio_vs_{a.vs}"] = statistics.median(per)
+            res[m][f"ratio_vs_{a.vs}_p25"], res[m][f"ratio_vs_{a.vs}_p75"] = _q(per, 0.25), _q(per, 0.75)
     return res
 
 
@@ -144,7 +151,7 @@ def rss_worker(a) -> None:
 def run_memory(a) -> dict:
     """One fresh process per row (peak RSS is per process)."""
     out = {}
-    for row in ("idle", "teacher", *METHODS):
+    for row in ("idle", "teacher", *a.methods):
         cmd = [sys.executable, __file__, "--rss-row", row, "--teacher", a.teacher, "--student", a.student,
                "--data", a.data, "--imgsz", str(a.imgsz), "--batch", str(a.batch), "--steps", str(a.steps),
                "--threads", str(a.threads)]
@@ -154,8 +161,10 @@ def run_memory(a) -> dict:
             raise RuntimeError(f"row {row} failed:\n{r.stderr[-2000:]}")
         out[row] = float(line[0].split()[1])
     teacher_extra = out["teacher"] - out["idle"]
-    for m in METHODS[1:]:
+    for m in a.methods[1:]:
         out[f"{m}_ratio"] = out[m] / (out["none"] + teacher_extra)
+        if a.vs and m != a.vs:
+            out[f"{m}_ratio_vs_{a.vs}"] = out[m] / out[a.vs]
     out["teacher_extra"] = teacher_extra
     return out
 
@@ -175,8 +184,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="iterations per memory row")
     p.add_argument("--memory", action="store_true")
     p.add_argument("--rss-row", help=argparse.SUPPRESS)
+    p.add_argument("--methods", default=",".join(METHODS), help="comma list of rows; none is added first if missing")
+    p.add_argument("--vs", help="also report each row's ratio to this method's row (e.g. fgd)")
     p.add_argument("--json")
     a = p.parse_args()
+    a.methods = ["none", *[m for m in a.methods.split(",") if m and m != "none"]]
+    if len(a.methods) < 2 or (a.vs and a.vs not in a.methods):
+        p.error(f"--methods needs a KD method besides none, and --vs one of them (got {a.methods}, --vs {a.vs})")
     if a.rss_row:
         return rss_worker(a)
     res = run_memory(a) if a.memory else run_speed(a)
