@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import TINY
 
@@ -16,7 +17,8 @@ def _tiny_protocol(data: str) -> dict:
     train["epochs"] = 1
     return {"name": "tiny", "version": 1, "setting": "test", "description": "tiny test protocol", "data": data,
             "teacher": {"init": "yolov8s.yaml", "epochs": 0}, "student": "yolov8n.yaml", "train": train,
-            "metric": "mAP50-95", "headline": "final", "variants": {"none-lowlr": {"method": "none", "lr0": 1e-4}}}
+            "metric": "mAP50-95", "headline": "final",
+            "variants": {"none-lowlr": {"method": "none", "lr0": 1e-4}, "none-rerun": {"method": "none"}}}
 
 
 def test_bench_runs_tabulates_and_resumes(tiny_data, tmp_path):
@@ -195,7 +197,8 @@ def test_retuned_method_defaults_do_not_reuse_the_old_result(tmp_path, monkeypat
 
 def test_parallel_jobs_run_side_by_side_and_teacher_free_entries_do_not_wait(tiny_data, tmp_path):
     """jobs=2: two jobs train at once (both start before either ends), `none` starts while the teacher trains, a KD
-    entry only after it; both are tabulated and their timings marked as taken in parallel."""
+    entry only after it; all are tabulated and their timings marked as taken in parallel; a rerun of the same job
+    (`none-rerun`, at the same fixed thread count, beside another job) is bitwise identical."""
     import json
 
     from yolokd.bench.runner import run_bench
@@ -203,8 +206,8 @@ def test_parallel_jobs_run_side_by_side_and_teacher_free_entries_do_not_wait(tin
     proto = _tiny_protocol(tiny_data)
     proto["teacher"]["epochs"] = 1  # a teacher job that trains, so there is something to wait for
     events: list[str] = []
-    res = run_bench(proto, methods=["none", "mimic", "none-lowlr"], seeds=[0], project=tmp_path, jobs=2, threads=1,
-                    log=events.append)
+    names = ["none", "mimic", "none-lowlr", "none-rerun"]
+    res = run_bench(proto, methods=names, seeds=[0], project=tmp_path, jobs=2, threads=1, log=events.append)
     order = [(e.split()[3], "start") if e.startswith("yolokd bench: running") else (e.split()[2], "end")
              for e in events if e.startswith("yolokd bench: running") or " done in " in e]
     starts = [n for n, what in order if what == "start"]
@@ -212,27 +215,38 @@ def test_parallel_jobs_run_side_by_side_and_teacher_free_entries_do_not_wait(tin
     assert starts[:2] == ["teacher", "none-s0"]  # none did not wait for the teacher
     assert order.index(("none-s0", "start")) < order.index(("teacher", "end"))
     assert order.index(("mimic-s0", "start")) > order.index(("teacher", "end"))  # mimic needs the teacher's weights
-    assert sorted(ends) == sorted(res["ran"]) == sorted(["teacher", "none-s0", "mimic-s0", "none-lowlr-s0"])
+    assert sorted(ends) == sorted(res["ran"]) == sorted(["teacher", *(f"{n}-s0" for n in names)])
     out = res["out"]
     with open(out / "results.csv", newline="") as f:
         runs = {r["entry"]: r for r in csv.DictReader(f)}
-    assert set(runs) == {"none", "mimic", "none-lowlr"}
+    assert set(runs) == set(names)
     assert all(r["jobs"] == "2" and r["threads"] == "1" for r in runs.values())
     assert json.loads((out / "runs" / "none-s0" / "job.json").read_text())["teacher_weights"] is None
     md = (out / "summary.md").read_text()
-    assert md.count(" ∥2 |") == 3 and (out / "curves.png").stat().st_size > 0
-    assert run_bench(proto, methods=["none", "mimic", "none-lowlr"], seeds=[0], project=tmp_path, jobs=2,
+    assert md.count(" ∥2 |") == 4 and (out / "curves.png").stat().st_size > 0
+    # Same seed, same thread count: the rerun equals the run in every logged number but the wall time, and in weights.
+    a, b = (_rows_no_time(out / "runs" / f"{n}-s0" / "results.csv") for n in ("none", "none-rerun"))
+    assert a == b and len(a) == 1
+    sd = [torch.load(out / "runs" / f"{n}-s0" / "weights" / "last.pt", weights_only=False)["model"].state_dict()
+          for n in ("none", "none-rerun")]
+    assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
+    assert run_bench(proto, methods=names, seeds=[0], project=tmp_path, jobs=2,
                      log=lambda s: None)["ran"] == []  # resumable as before
     (out / "summary.md").unlink()
     (out / "runs" / "mimic-s0" / "result.json").unlink()  # as if still running: report mode leaves it out, runs nothing
-    rep = run_bench(proto, methods=["none", "mimic", "none-lowlr"], seeds=[0], project=tmp_path, report_only=True,
-                    log=lambda s: None)
-    assert rep["ran"] == [] and [r["entry"] for r in rep["summary"]] == ["none", "none-lowlr"]
+    rep = run_bench(proto, methods=names, seeds=[0], project=tmp_path, report_only=True, log=lambda s: None)
+    assert rep["ran"] == [] and [r["entry"] for r in rep["summary"]] == ["none", "none-lowlr", "none-rerun"]
     assert (out / "summary.md").exists() and not (out / "runs" / "mimic-s0" / "result.json").exists()
     from yolokd.bench.protocol import ProtocolError
 
     with pytest.raises(ProtocolError, match="teacher has not finished"):
         run_bench(proto, methods=["none"], project=tmp_path / "empty", report_only=True, log=lambda s: None)
+
+
+def _rows_no_time(path: Path) -> list[dict]:
+    """An Ultralytics results.csv without its wall-time column."""
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k.strip() != "time"} for r in csv.DictReader(f)]
 
 
 def test_slots_split_devices_and_threads(monkeypatch):
