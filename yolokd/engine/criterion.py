@@ -3,19 +3,20 @@
 It is installed as ``student.criterion`` once the trainer has built the EMA, so the student stays a plain Ultralytics
 ``DetectionModel``: the EMA, ``last.pt``/``best.pt`` and every exporter see no yolokd object. The features come from the
 head outputs themselves (``preds["feats"]`` are the Detect inputs), so no forward hooks are attached to the student.
-Gradient-guided methods get their detection-loss gradients from ``yolokd.engine.providers``, computed here once per
-batch.
+Gradient-guided methods get their detection-loss gradients, and output-distillation methods the student's task-aligned
+assignment, from ``yolokd.engine.providers``, computed here once per batch.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from yolokd.engine.providers import TeacherProbe, box_criterion, student_grads
+from yolokd.engine.providers import AssignmentRecorder, TeacherProbe, box_criterion, student_assignment, student_grads
 from yolokd.methods.base import GradOptions, KDBatch, KDMethod, reduce_terms
 
 
@@ -79,20 +80,24 @@ class KDCriterion:
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Detection loss, plus the KD terms when the student is training (raw dict outputs, grad enabled)."""
-        det_loss, items = self.det(preds, batch)
+        recorder = AssignmentRecorder(self.det) if "student_assignment" in self.method.needs else nullcontext()
+        with recorder:  # the assignment of the student's own loss, kept for a method that needs it
+            det_loss, items = self.det(preds, batch)
         if isinstance(preds, tuple) or not torch.is_grad_enabled():  # validation: report zeros for the KD columns
             zeros = det_loss.new_zeros(len(self.term_names))
             return torch.cat([det_loss, zeros]), {**items, **{f"{k}_loss": z for k, z in zip(self.term_names, zeros)}}
-        kd_loss, kd_items = self.kd_terms(preds, batch, det_loss)
+        kd_loss, kd_items = self.kd_terms(preds, batch, det_loss, getattr(recorder, "outputs", None))
         return torch.cat([det_loss, kd_loss.to(det_loss.dtype)]), {**items, **kd_items}
 
     def kd_terms(
-        self, preds: dict[str, Any], batch: dict[str, Any], det_loss: Tensor | None = None
+        self, preds: dict[str, Any], batch: dict[str, Any], det_loss: Tensor | None = None,
+        assigned: list[tuple[Tensor, ...]] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Run the teacher on the same augmented images and reduce the method's terms, all in fp32.
 
         ``det_loss`` is the student's detection loss on ``batch`` when the caller has it (the student gradients are
-        taken from it); it is recomputed if a method needs it and it is not given.
+        taken from it), and ``assigned`` what its assigner returned (``AssignmentRecorder.outputs``); each is
+        recomputed if a method needs it and it is not given.
         """
         img = batch["img"]
         if not self.term_names:
@@ -101,6 +106,7 @@ class KDCriterion:
         options = self.method.grad_options or GradOptions()
         s_feats = head_feats(preds)
         s_grads = student_grads(self.det, preds, batch, det_loss, options) if "student_grads" in needs else None
+        s_assign = student_assignment(self.det, preds, batch, assigned) if "student_assignment" in needs else None
         t_raw, t_grads = None, None
         t_feats: list[Tensor] = []
         if self.probe is not None:
@@ -120,6 +126,7 @@ class KDCriterion:
                 student_preds=preds if "student_preds" in needs else None,
                 teacher_grads=t_grads,
                 student_grads=s_grads,
+                student_assignment=s_assign,
             )
             terms = self.method(kd)
             if tuple(terms) != self.term_names:

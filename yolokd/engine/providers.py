@@ -1,4 +1,16 @@
-"""Gradient providers: dL_det/dF at the Detect inputs of teacher and student, once per batch (methods.md §2.4, §6.6).
+"""Providers: what a method needs beyond the features, computed once per batch by the criterion (methods.md §2.4, §6.6).
+
+**Student assignment** (``student_assignment`` need; output distillation, ``ld``): the task-aligned assignment the
+student's own detection loss uses, so that a head-output KD term covers exactly the anchors, with exactly the weights,
+of Ultralytics' box / DFL losses. ``AssignmentRecorder`` puts a forward hook on the ``TaskAlignedAssigner`` of the
+student's (one-to-many) ``v8DetectionLoss`` while the criterion computes the detection loss, and keeps what it returns:
+no second assigner run, and the assignment is the loss's own by construction. Ultralytics 8.4.190's public
+``get_assigned_targets_and_loss`` returns ``fg_mask``, ``target_gt_idx`` and ``target_bboxes`` but not the
+``target_scores`` the weights come from; the hook sees all of them. When no assignment was recorded (a caller computing
+the KD terms without the detection loss), ``student_assignment`` runs ``get_assigned_targets_and_loss`` itself under the
+recorder, on detached outputs: one more assigner run plus the (discarded) loss arithmetic, no graph.
+
+**Gradients**: dL_det/dF at the Detect inputs of teacher and student.
 
 Gradient-guided methods (GKD) weight features by the gradient of a detection loss with respect to them. The criterion
 computes these gradients, not the method, so that a wrapper composing methods (AID around GKD) shares one teacher
@@ -34,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from yolokd.methods.base import GradOptions
+from yolokd.methods.base import Assignment, GradOptions, one2many
 
 #: Constant the loss is multiplied by before ``autograd.grad`` (and the gradients divided by after, in fp32), so that
 #: fp16 backward passes under AMP do not flush small gradients to zero. 2^10 keeps typical detection-loss gradients
@@ -60,14 +72,62 @@ def feature_grads(loss: Tensor, feats: list[Tensor], retain_graph: bool) -> list
             for f, g in zip(feats, grads)]
 
 
-def one2many(raw: dict[str, Any]) -> dict[str, Any]:
-    """The one-to-many branch of a raw head output (end-to-end heads keep it under ``one2many``)."""
-    return raw["one2many"] if "one2many" in raw else raw
-
-
 def box_criterion(det: Any) -> Any:
     """The ``v8DetectionLoss`` inside a detection criterion (``E2ELoss`` holds one per branch)."""
     return getattr(det, "one2many", det)
+
+
+class AssignmentRecorder:
+    """Keeps what the student's task-aligned assigner returns while the ``with`` block runs.
+
+    A forward hook on the assigner of ``box_criterion(det)`` (the one-to-many loss of end-to-end heads, whose assigner
+    uses top-10 like v8's), removed on exit. The assigner's own arithmetic is untouched; the hook only holds references
+    to its outputs, which the loss computes anyway.
+
+    Attributes:
+        outputs: The assigner's return values, one tuple per call (target_labels, target_bboxes, target_scores,
+            fg_mask, target_gt_idx).
+    """
+
+    def __init__(self, det: Any) -> None:
+        """Prepare to record the assigner of ``det`` (``v8DetectionLoss`` or ``E2ELoss``)."""
+        self.assigner = box_criterion(det).assigner
+        self.outputs: list[tuple[Tensor, ...]] = []
+        self._handle = None
+
+    def __enter__(self) -> AssignmentRecorder:
+        """Start recording."""
+        self._handle = self.assigner.register_forward_hook(lambda module, args, out: self.outputs.append(out))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Stop recording (the hook is removed even when the loss raised)."""
+        self._handle.remove()
+
+
+def student_assignment(det: Any, preds: dict[str, Any], batch: dict[str, Any],
+                       recorded: list[tuple[Tensor, ...]] | None = None) -> Assignment:
+    """The task-aligned assignment of the student's detection loss on ``batch``.
+
+    Args:
+        det: The student's detection criterion (``v8DetectionLoss`` or ``E2ELoss``).
+        preds: The student's raw training outputs.
+        batch: The training batch.
+        recorded: ``AssignmentRecorder.outputs`` of the detection loss just computed on ``batch``; when it holds
+            exactly one call that one is used, else the assignment is computed here (one more assigner run).
+
+    Returns:
+        The assignment, detached, target scores and boxes in fp32.
+    """
+    if not recorded or len(recorded) != 1:
+        raw = one2many(preds)
+        detached = {"boxes": raw["boxes"].detach(), "scores": raw["scores"].detach(), "feats": raw["feats"]}
+        with torch.no_grad(), AssignmentRecorder(det) as rec:
+            box_criterion(det).get_assigned_targets_and_loss(detached, batch)
+        recorded = rec.outputs
+    _, target_bboxes, target_scores, fg_mask, target_gt_idx = recorded[0]
+    return Assignment(fg_mask=fg_mask.bool(), target_scores=target_scores.detach().float(),
+                      target_bboxes=target_bboxes.detach().float(), target_gt_idx=target_gt_idx.long())
 
 
 def pseudo_targets(raw: dict[str, Any], det: Any, img_hw: tuple[int, int], conf: float, topk: int) -> dict[str, Tensor]:

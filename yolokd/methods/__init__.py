@@ -13,14 +13,18 @@ from typing import Any
 import yaml
 
 from yolokd.methods.base import SUPPORTED_NEEDS, KDBatch, KDMethod, reduce_terms
+from yolokd.methods.cwd import CWD
 from yolokd.methods.fgd import FGD
 from yolokd.methods.gkd import GKD
+from yolokd.methods.ld import LD
+from yolokd.methods.mgd import MGD
 from yolokd.methods.mimic import Mimic
 from yolokd.methods.none import NoKD
+from yolokd.methods.pkd import PKD
 from yolokd.methods.ultralytics_sl2 import UltralyticsSL2
 from yolokd.utils.paths import CFG_DIR
 
-_REGISTERED: tuple[type[KDMethod], ...] = (NoKD, Mimic, UltralyticsSL2, FGD, GKD)
+_REGISTERED: tuple[type[KDMethod], ...] = (NoKD, Mimic, UltralyticsSL2, FGD, GKD, LD, CWD, PKD, MGD)
 METHODS: dict[str, type[KDMethod]] = {m.name: m for m in _REGISTERED}
 
 __all__ = ["METHODS", "KDBatch", "KDMethod", "build_method", "get_method", "method_defaults", "reduce_terms"]

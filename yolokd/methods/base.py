@@ -12,7 +12,7 @@ terms, and the logged value is that sum divided by the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +21,13 @@ import torch
 from torch import Tensor, nn
 
 #: Inputs a method may declare in ``KDMethod.needs``, beyond the neck features and the batch it always gets.
-SUPPORTED_NEEDS = frozenset({"teacher_preds", "student_preds", "teacher_grads", "student_grads"})
+SUPPORTED_NEEDS = frozenset({"teacher_preds", "student_preds", "teacher_grads", "student_grads",
+                             "student_assignment"})
+
+
+def one2many(raw: dict[str, Any]) -> dict[str, Any]:
+    """The one-to-many branch of a raw head output (end-to-end heads keep it under ``one2many``)."""
+    return raw["one2many"] if "one2many" in raw else raw
 
 
 def flag(method: str, name: str, value: Any) -> bool:
@@ -97,6 +103,39 @@ class GradOptions:
                              f"{self.pred_topk}")
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """The student's task-aligned assignment of one batch: what its own detection loss was computed against.
+
+    Filled by the criterion (``yolokd.engine.providers.student_assignment``) for methods that declare the
+    ``student_assignment`` need, from the TaskAlignedAssigner of the student's (one-to-many) ``v8DetectionLoss``. All
+    tensors are detached (the assigner runs under ``no_grad``), anchors in ``make_anchors`` order: P3 first, each level
+    row-major.
+
+    Attributes:
+        fg_mask: (N, A) bool, the anchors the assigner made positive.
+        target_scores: (N, A, nc) fp32, the soft class targets (IoU-normalised alignment metric on the assigned class,
+            0 elsewhere); their sum over classes is the weight of an anchor in Ultralytics' box and DFL losses.
+        target_bboxes: (N, A, 4) fp32, the assigned GT box of each anchor, xyxy in pixels of the batch image.
+        target_gt_idx: (N, A) long, the index of that GT among its image's boxes (valid where ``fg_mask``).
+    """
+
+    fg_mask: Tensor
+    target_scores: Tensor
+    target_bboxes: Tensor
+    target_gt_idx: Tensor
+
+    @property
+    def anchor_weights(self) -> Tensor:
+        """(N, A): each anchor's weight in Ultralytics' box and DFL losses, sum_c target_scores (0 off positives)."""
+        return self.target_scores.sum(-1) * self.fg_mask
+
+    @property
+    def target_scores_sum(self) -> Tensor:
+        """The batch-wide normaliser of Ultralytics' detection loss: sum of all target scores, at least 1."""
+        return self.target_scores.sum().clamp(min=1)
+
+
 @dataclass
 class KDBatch:
     """Everything a method may look at for one training batch.
@@ -116,6 +155,8 @@ class KDBatch:
         student_grads: If the method declared ``student_grads``: dL_S/dF^S at each student Detect input, (N, C_s, H,
             W), fp32, detached (constants), with L_S the student's detection loss as the trainer optimises it (or
             against its own detections, ``grad_options.target == "pred"``). ``student_feats`` keep their graph.
+        student_assignment: If the method declared ``student_assignment``: the task-aligned assignment the student's
+            own detection loss used on this batch (``Assignment``; the one-to-many branch for end-to-end heads).
         instance_weights: Per-object weights (n,), aligned with ``batch['bboxes']``, set by a wrapper method; methods
             with per-object terms multiply each object's region by its weight. None means 1.
     """
@@ -127,6 +168,7 @@ class KDBatch:
     student_preds: dict[str, Any] | None = None
     teacher_grads: list[Tensor] | None = None
     student_grads: list[Tensor] | None = None
+    student_assignment: Assignment | None = None
     instance_weights: Tensor | None = None
 
     @property
@@ -172,6 +214,16 @@ class KDMethod(nn.Module):
         if student.shape[-2:] != teacher.shape[-2:] or student.shape[0] != teacher.shape[0]:
             raise ValueError(f"{self.name} level {lvl}: student {tuple(student.shape)} and teacher "
                              f"{tuple(teacher.shape)} differ")
+
+    def adapted_levels(self, kd: KDBatch) -> Iterator[tuple[Tensor, Tensor]]:
+        """Per level, ``(connector(student), teacher)``: both fp32, the teacher detached, sizes checked.
+
+        For methods whose ``connectors`` (a ``ModuleList``, one per level) map the student into the teacher's channels
+        and whose loss compares the two maps level by level.
+        """
+        for lvl, (conn, s, t) in enumerate(zip(self.connectors, kd.student_feats, kd.teacher_feats)):
+            self.check_level(lvl, s, t)
+            yield conn(s.float()), t.detach().float()
 
     def stack_levels(self, per_level: list[tuple[Tensor, ...]]) -> dict[str, Tensor]:
         """``{term: (N, L)}`` from one tuple of (N,) values per level, in ``term_names`` order."""
