@@ -115,6 +115,28 @@ def test_shipped_protocols_are_valid():
         assert (syn["teacher"], syn["student"], syn["train"]) == (tune["teacher"], tune["student"], tune["train"])
 
 
+def test_the_setting_label_is_not_part_of_the_recipe_and_old_folders_still_resume(tmp_path):
+    import json
+
+    from yolokd.bench.protocol import ProtocolError, load_protocol, recipe, recipe_hash
+    from yolokd.bench.runner import run_bench
+
+    p = load_protocol("synthetic")
+    relabelled = {**p, "setting": "another label"}
+    assert recipe_hash(recipe(p)) == recipe_hash(recipe(relabelled))  # a label changes no number
+    assert recipe_hash(recipe(p), legacy=True) != recipe_hash(recipe(relabelled), legacy=True)
+    # A results folder written when the label was still hashed is accepted (here: nothing finished to tabulate yet).
+    out = tmp_path / "synthetic-v1"
+    (out / "teacher").mkdir(parents=True)
+    (out / "recipe.yaml").write_text(yaml.safe_dump({"hash": recipe_hash(recipe(p), legacy=True)}))
+    (out / "teacher" / "result.json").write_text(json.dumps({"mAP50-95": 0.5, "mAP50": 0.7}))
+    with pytest.raises(ProtocolError, match="no finished run"):
+        run_bench(p, methods=["none"], project=tmp_path, report_only=True, log=lambda s: None)
+    (out / "recipe.yaml").write_text(yaml.safe_dump({"hash": "0badc0de"}))
+    with pytest.raises(ProtocolError, match="bump its 'version'"):
+        run_bench(p, methods=["none"], project=tmp_path, report_only=True, log=lambda s: None)
+
+
 def test_protocol_errors(tmp_path):
     from yolokd.bench.protocol import ProtocolError, entries, load_protocol
 

@@ -115,13 +115,16 @@ def recipe(proto: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
     return r
 
 
-def recipe_hash(r: dict[str, Any]) -> str:
+def recipe_hash(r: dict[str, Any], legacy: bool = False) -> str:
     """Short content hash of the settings every entry shares.
 
-    Excluded: descriptions (rewording changes no number) and ``variants``: a variant's definition is recorded in each of
-    its runs (``job.json``) and checked there, so adding a variant does not orphan the other entries' results.
+    Excluded: descriptions and the ``setting`` label (rewording changes no number: a label may be corrected once the
+    measurements say what a protocol is) and ``variants``: a variant's definition is recorded in each of its runs
+    (``job.json``) and checked there, so adding a variant does not orphan the other entries' results. ``legacy=True``
+    gives the hash of results folders written before ``setting`` was excluded (accepted when resuming them).
     """
-    core = {k: v for k, v in r.items() if k not in {"description", "budget", "variants"}}
+    skip = {"description", "budget", "variants"} | (set() if legacy else {"setting"})
+    core = {k: v for k, v in r.items() if k not in skip}
     return hashlib.sha1(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
 
 

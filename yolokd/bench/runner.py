@@ -220,7 +220,7 @@ def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] |
     rfile = out / "recipe.yaml"
     if rfile.exists():
         old = yaml.safe_load(rfile.read_text())
-        if old.get("hash") != h:
+        if old.get("hash") not in {h, recipe_hash(rec, legacy=True)}:  # legacy: folders hashed with the setting label
             raise ProtocolError(f"protocol '{proto['name']}' v{proto['version']} changed since {out} was written (recipe "
                                 f"{old.get('hash')} -> {h}): bump its 'version' or use another project=")
     else:
@@ -257,6 +257,8 @@ def _tabulate(out: Path, proto: dict[str, Any], rec: dict[str, Any], h: str, nam
               log: Callable[[str], None]) -> dict[str, Any]:
     """Write results.csv, the summary (CSV, Markdown) and the plots from every finished run in ``out``."""
     runs = collect_runs(out)
+    if not runs:
+        raise ProtocolError(f"no finished run in {out / 'runs'} yet: nothing to tabulate")
     head = f"{proto['headline']}_{proto['metric']}"
     rows = report.summarise(runs, teacher, head)
     cmd = "yolokd bench " + " ".join([f"protocol={proto['name']}", f"methods={','.join(names)}",
