@@ -115,42 +115,53 @@ def recipe(proto: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
     return r
 
 
-def recipe_hash(r: dict[str, Any], legacy: bool = False) -> str:
+def recipe_hash(r: dict[str, Any]) -> str:
     """Short content hash of the settings every entry shares.
 
     Excluded: descriptions and the ``setting`` label (rewording changes no number: a label may be corrected once the
     measurements say what a protocol is) and ``variants``: a variant's definition is recorded in each of its runs
-    (``job.json``) and checked there, so adding a variant does not orphan the other entries' results. ``legacy=True``
-    gives the hash of results folders written before ``setting`` was excluded (accepted when resuming them).
+    (``job.json``) and checked there, so adding a variant does not orphan the other entries' results.
     """
-    skip = {"description", "budget", "variants"} | (set() if legacy else {"setting"})
-    core = {k: v for k, v in r.items() if k not in skip}
+    core = {k: v for k, v in r.items() if k not in {"description", "setting", "budget", "variants"}}
     return hashlib.sha1(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def entries(proto: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Each requested entry -> {method, args, hparams}: a registered method, or a variant of the protocol.
+    """Each requested entry -> {method, args, hparams}: a method (or a composed one, ``fgd+aid``), or a variant of the
+    protocol.
 
     ``args`` are the variant's extra settings as written (train arguments and method hyperparameters); ``hparams`` are
     the method's resolved hyperparameters.
     """
-    from yolokd.methods import METHODS, method_defaults, resolve_hparams
+    from yolokd.methods import canonical_name, get_method, is_hyperparameter, resolve_hparams
+
+    def method_of(name: Any) -> str | None:
+        """The canonical method name, or None when ``name`` is not a method or a valid combination."""
+        try:
+            get_method(str(name))
+        except ValueError:
+            return None
+        return canonical_name(str(name))
 
     out = {}
     for n in names:
         if n in proto["variants"]:
             v = dict(proto["variants"][n])
-            if v.get("method") not in METHODS:
-                raise ProtocolError(f"variant '{n}' names method '{v.get('method')}', not one of {sorted(METHODS)}")
-            out[n] = {"method": v.pop("method"), "args": v}
-        elif n in METHODS:
-            out[n] = {"method": n, "args": {}}
+            if method_of(v.get("method")) is None:
+                raise ProtocolError(f"variant '{n}' names method '{v.get('method')}', not a method or a valid "
+                                    f"combination (see `yolokd methods`)")
+            out[n] = {"method": method_of(v.pop("method")), "args": v}
+        elif method_of(n) is not None:
+            out[n] = {"method": method_of(n), "args": {}}
         else:
-            raise ProtocolError(f"'{n}' is neither a method ({', '.join(METHODS)}) nor a variant of protocol "
-                                f"'{proto['name']}' ({', '.join(proto['variants']) or 'none'})")
+            from yolokd.methods import METHODS
+
+            raise ProtocolError(f"'{n}' is neither a method ({', '.join(METHODS)}, or a combination such as fgd+aid) "
+                                f"nor a variant of protocol '{proto['name']}' "
+                                f"({', '.join(proto['variants']) or 'none'})")
         # The method's full hyperparameters (cfg defaults with the variant's values over them) are recorded per run, so
         # retuned defaults in cfg/methods/ are noticed instead of silently reusing results of the old ones.
         m = out[n]
-        own = method_defaults(m["method"])
-        m["hparams"] = resolve_hparams(m["method"], {k: v for k, v in m["args"].items() if k in own})
+        m["hparams"] = resolve_hparams(m["method"], {k: v for k, v in m["args"].items()
+                                                     if is_hyperparameter(m["method"], k)})
     return out
