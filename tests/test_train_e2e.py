@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 
 import pytest
 import torch
 
 from conftest import load_without_yolokd, make_trainer, shared_file
-from yolokd.engine.models import KDConfigError
+from yolokd.engine.models import KDConfigError, head_channels
+from yolokd.methods import canonical_name
+from yolokd.methods.compose import Composite
 
 
 def _hash_state(module: torch.nn.Module) -> str:
@@ -36,15 +39,18 @@ def _rows(path) -> list[dict]:
 #: Per-method settings of the end-to-end run: gkd's lambda_global is 0 by default (its gkd_glob column would be 0 by
 #: design), and its run also checks the method's pictures (plots=True). ld's box term is weighted like the DFL loss,
 #: by target scores that are ~1e-4 for a random-init student, between two nearly uniform random-init distributions:
-#: ~3e-6 per image, below the 5 decimals results.csv keeps, so its weight is raised to make the column show.
-E2E_EXTRA = {"gkd": dict(lambda_global=1e-3, plots=True), "ld": dict(box_weight=1e4)}
+#: ~3e-6 per image, below the 5 decimals results.csv keeps, so its weight is raised to make the column show. `aid`
+#: (fkd+aid) runs as self-distillation (teacher and student both yolov8n), fgd+aid at per-object granularity.
+E2E_EXTRA = {"gkd": dict(lambda_global=1e-3, plots=True), "ld": dict(box_weight=1e4),
+             "aid": dict(teacher="yolov8n.yaml"), "fgd+aid": dict(granularity="object")}
 
 
 @pytest.mark.parametrize("method,terms", [("none", ()), ("mimic", ("mimic",)), ("ultralytics", ("dis",)),
                                           ("fgd", ("fgd_fg", "fgd_bg", "fgd_at", "fgd_gl")),
                                           ("gkd", ("gkd_map", "gkd_box", "gkd_att", "gkd_glob")),
                                           ("ld", ("ld_box", "ld_cls")), ("cwd", ("cwd",)), ("pkd", ("pkd",)),
-                                          ("mgd", ("mgd",))])
+                                          ("mgd", ("mgd",)), ("aid", ("fkd_feat", "fkd_chan", "fkd_spat", "fkd_nl")),
+                                          ("fgd+aid", ("fgd_fg", "fgd_bg", "fgd_at", "fgd_gl"))])
 def test_train_end_to_end(tmp_path, tiny_data, method, terms):
     trainer = make_trainer(tmp_path, tiny_data, method=method, **E2E_EXTRA.get(method, {}))
     seen = {}
@@ -65,8 +71,11 @@ def test_train_end_to_end(tmp_path, tiny_data, method, terms):
         assert _hash_state(trainer.teacher) == teacher_hash and not trainer.teacher.training
         assert not seen["teacher_in_optimizer"] and seen["method_in_optimizer"]
         state = trainer.method.state_dict()
-        for part, mod in trainer.method.named_children():  # every trainable part was optimised (fgd: the GcBlocks'
-            if any(True for _ in mod.parameters()):         # zero-initialised last layers included)
+        parts = list(trainer.method.named_children())
+        if isinstance(trainer.method, Composite):  # a composed method: the parts of each of its methods
+            parts = [(f"{name}.{p}", m) for name, sub in parts for p, m in sub.named_children()]
+        for part, mod in parts:  # every trainable part was optimised (fgd: the GcBlocks' zero-initialised last layers
+            if any(True for _ in mod.parameters()):  # included)
                 assert any(not torch.equal(v, seen["method_state"][k]) for k, v in state.items()
                            if k.startswith(part + ".")), f"{part} was not optimised"
 
@@ -79,6 +88,11 @@ def test_train_end_to_end(tmp_path, tiny_data, method, terms):
     else:
         assert not any(k.startswith("train/") and k.endswith("_loss") and k.split("/")[1].split("_")[0]
                        not in {"box", "cls", "dfl"} for k in rows[-1])
+    if "aid" in method:  # AID's weights of each epoch: in (0, 1], min <= mean <= max
+        lo, mean, hi = (float(rows[-1][f"aid/w_{k}"]) for k in ("min", "mean", "max"))
+        assert 0 < lo <= mean <= hi <= 1
+    if method == "aid":  # self-distillation: the same architecture on both sides
+        assert head_channels(trainer.teacher) == head_channels(trainer.model) and trainer.kd.method == "fkd+aid"
 
     if trainer.args.plots:  # the method's maps of the first batch of the first and last epoch, next to train_batch*
         pictures = sorted(p.name for p in trainer.save_dir.glob(f"{method}_maps_epoch*.jpg"))
@@ -93,11 +107,13 @@ def test_train_end_to_end(tmp_path, tiny_data, method, terms):
         assert info["unsafe_yolokd"] == [] and info["cls"] == "DetectionModel"
         assert info["keys"] == keys  # exactly a plain student: no connector, no GcBlock, no teacher
         ck = torch.load(f, map_location="cpu", weights_only=False)
-        assert ck["yolokd"]["spec"]["method"] == method and "state_dict" not in ck["yolokd"]  # final: settings only
+        spec = ck["yolokd"]["spec"]
+        assert spec["method"] == canonical_name(method) and "state_dict" not in ck["yolokd"]  # final: settings only
 
 
-def test_interrupted_run_loads_plainly_and_resumes_with_its_method(tmp_path, tiny_data):
-    trainer = make_trainer(tmp_path, tiny_data, method="mimic", epochs=3)
+@pytest.mark.parametrize("method,term", [("mimic", "mimic"), ("fgd+aid", "fgd_fg")])
+def test_interrupted_run_loads_plainly_and_resumes_with_its_method(tmp_path, tiny_data, method, term):
+    trainer = make_trainer(tmp_path, tiny_data, method=method, epochs=3)
 
     def crash(tr):
         raise KeyboardInterrupt("simulated kill after the first checkpoint")
@@ -114,11 +130,11 @@ def test_interrupted_run_loads_plainly_and_resumes_with_its_method(tmp_path, tin
 
     from yolokd.engine.trainer import KDTrainer
 
-    with pytest.raises(KDConfigError, match="method=mimic"):
+    with pytest.raises(KDConfigError, match=re.escape(f"method={method};")):
         KDTrainer(overrides={"resume": str(last), "method": "ultralytics"})
 
-    resumed = KDTrainer(overrides={"resume": str(last)})
-    assert resumed.kd.method == "mimic" and resumed.kd.hparams == ck["yolokd"]["spec"]["hparams"]
+    resumed = KDTrainer(overrides={"resume": str(last), "method": method})
+    assert resumed.kd.method == method and resumed.kd.hparams == ck["yolokd"]["spec"]["hparams"]
     restored = {}
 
     def check_state(tr):
@@ -129,7 +145,7 @@ def test_interrupted_run_loads_plainly_and_resumes_with_its_method(tmp_path, tin
     resumed.train()
     assert restored == {"equal": True, "start": 1}
     rows = _rows(resumed.csv)
-    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3] and float(rows[-1]["train/mimic_loss"]) > 0
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3] and float(rows[-1][f"train/{term}_loss"]) > 0
 
 
 def test_nan_recovery_restores_the_method_state(tmp_path, tiny_data):

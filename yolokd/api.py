@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from yolokd.engine.spec import DEFAULT_METHOD, DEFAULT_STUDENT
-from yolokd.methods import resolve_hparams
+from yolokd.methods import canonical_name, resolve_hparams
 
 
 class YoloKD:
@@ -17,11 +17,14 @@ class YoloKD:
         teacher: Teacher checkpoint (``.pt``) trained on the same classes as the data, or a model YAML (random weights,
             for smoke tests). Not needed for ``method="none"``.
         student: Student checkpoint or model YAML (default ``yolov8n.yaml``); its head adopts the dataset's classes.
-        method: A registered method (``yolokd methods``).
-        **method_args: The method's hyperparameters; unknown names fail here.
+        method: A registered method, or a combination (``"fgd+ld"``, ``"fgd+aid"``, ``"aid"`` = ``"fkd+aid"``; see
+            ``yolokd methods``).
+        **method_args: The method's hyperparameters; unknown names fail here. For a combination, per part:
+            ``aid={"alpha": 0.2}``, ``**{"aid.alpha": 0.2}``, or a bare name only one part has (``granularity=...``).
 
     Examples:
         >>> kd = YoloKD(teacher="teacher.pt", student="yolov8n.pt", method="mimic", weight=1.0)
+        >>> kd = YoloKD(teacher="teacher.pt", method="fgd+aid", fgd={"alpha": 1e-3}, aid={"alpha": 0.2})
         >>> metrics = kd.train(data="kitti.yaml", epochs=100, imgsz=640)
         >>> kd.final_metrics["metrics/mAP50-95(B)"], metrics["metrics/mAP50-95(B)"]
         >>> kd.export(format="onnx")
@@ -31,7 +34,7 @@ class YoloKD:
                  **method_args: Any) -> None:
         """Validate the method and its hyperparameters now, before any data is touched."""
         self.hparams = resolve_hparams(method, method_args)
-        self.teacher, self.student, self.method = teacher, student, method
+        self.teacher, self.student, self.method = teacher, student, canonical_name(method)
         self.trainer = None
         self.export_report: dict | None = None
         self.metrics: dict[str, float] = {}

@@ -33,9 +33,11 @@ Modes:
            Takes every Ultralytics train argument, plus:
              teacher=         teacher checkpoint (.pt) trained on the data's classes (or a .yaml: random weights)
              student=         student checkpoint or model YAML (default yolov8n.yaml)
-             method=          distillation method (default mimic; list: `yolokd methods`)
+             method=          distillation method (default mimic; list: `yolokd methods`); a+b sums methods'
+                              terms (fgd+ld), +aid reweights them (fgd+aid); aid alone = fkd+aid
              teacher_epochs=N fine-tune a teacher with other classes (e.g. COCO) on the data first, cached
-             <hyperparameter>=value of the chosen method
+             <hyperparameter>=value of the chosen method; <part>.<hyperparameter>=value for a part of a
+                              combined method (fgd.alpha=1e-3 aid.alpha=0.2)
            data=synthetic (the default) uses the built-in synthetic driving scenes.
            Resume a killed run: yolokd train resume=runs/detect/train/weights/last.pt
   val      Validate a checkpoint:  yolokd val model=best.pt data=data.yaml
@@ -54,7 +56,7 @@ Modes:
              yolokd bench protocols       (list them)
              yolokd bench report protocol=NAME   (tabulate the runs finished so far; runs nothing)
   demo     Teacher, then students with none / ultralytics / mimic on synthetic scenes, and a results table
-  methods  List the methods, their loss terms and hyperparameters with defaults
+  methods  List the methods and modifiers, their loss terms and hyperparameters, and how to combine them
   help     This text
 
 Everything runs offline: missing weights are an error, never a download (YOLO_OFFLINE=0 allows Ultralytics downloads).
@@ -93,16 +95,29 @@ def _value(v: str) -> Any:
 
 
 def cmd_methods() -> None:
-    """Print every registered method with its docstring, loss terms and hyperparameters."""
-    from yolokd.methods import METHODS, method_defaults
+    """Print every registered method and modifier with its docstring, loss terms and hyperparameters, and the rules
+    for combining them (``yolokd.methods.compose``)."""
+    from yolokd.methods import METHODS, MODIFIERS, method_defaults
+    from yolokd.methods.compose import describe_forms
 
     for name, cls in METHODS.items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name}\n    {doc}")
         terms = ", ".join(f"{t}_loss" for t in cls.term_names) or "(no KD term)"
-        print(f"    logged terms: {terms}")
-        hp = method_defaults(name)
-        print("    hyperparameters: " + (", ".join(f"{k}={v}" for k, v in hp.items()) or "none"))
+        _describe(name, cls, f"logged terms: {terms}", method_defaults(name))
+    print("\nModifiers (combined with methods: they reweight the methods' terms and add none of their own)")
+    for name, cls in MODIFIERS.items():
+        alone = f"; alone, method={name} is method={cls.base}+{name}" if cls.base else ""
+        _describe(name, cls, f"logged per epoch: {', '.join(cls.stats_names) or 'nothing'}{alone}",
+                  method_defaults(name))
+    print(f"\nCombining: method= takes {describe_forms()}. Each part keeps its hyperparameters: write "
+          f"<part>.<name>=value (e.g. method=fgd+aid fgd.alpha=1e-3 aid.alpha=0.2); a bare name works when only one "
+          f"part has it (granularity=object). Terms are logged under each method's own names.")
+
+
+def _describe(name: str, cls: type, logged: str, hparams: dict[str, Any]) -> None:
+    """One entry of ``yolokd methods``: name, first docstring line, what is logged, hyperparameters with defaults."""
+    doc = (cls.__doc__ or "").strip().splitlines()[0]
+    print(f"{name}\n    {doc}\n    {logged}")
+    print("    hyperparameters: " + (", ".join(f"{k}={v}" for k, v in hparams.items()) or "none"))
 
 
 def cmd_convert(rest: list[str]) -> int:

@@ -3,8 +3,9 @@
 It is installed as ``student.criterion`` once the trainer has built the EMA, so the student stays a plain Ultralytics
 ``DetectionModel``: the EMA, ``last.pt``/``best.pt`` and every exporter see no yolokd object. The features come from the
 head outputs themselves (``preds["feats"]`` are the Detect inputs), so no forward hooks are attached to the student.
-Gradient-guided methods get their detection-loss gradients, and output-distillation methods the student's task-aligned
-assignment, from ``yolokd.engine.providers``, computed here once per batch.
+Gradient-guided methods get their detection-loss gradients, output-distillation methods the student's task-aligned
+assignment, and AID the teacher's per-instance losses, from ``yolokd.engine.providers``, computed here once per batch
+(so that the methods of a composed ``method=a+b`` share them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from yolokd.engine.providers import AssignmentRecorder, TeacherProbe, box_criterion, student_assignment, student_grads
+from yolokd.engine.providers import (AssignmentRecorder, TeacherProbe, box_criterion, student_assignment,
+                                     student_grads, teacher_detection_loss, teacher_instance_losses)
 from yolokd.methods.base import GradOptions, KDBatch, KDMethod, reduce_terms
 
 
@@ -45,6 +47,8 @@ class KDCriterion:
         teacher: The frozen teacher (eval mode, no gradients); never a submodule of the student.
         method: The distillation method; its parameters are optimised by the trainer.
         probe: Runs the teacher with gradient taps when the method needs ``teacher_grads``, else None.
+        teacher_loss: The teacher's ``v8DetectionLoss`` (student's gains) when the method needs
+            ``teacher_instance_losses``, else None.
         plot_to: When set, the method draws its pictures of the next training batch to files named ``<plot_to>*``
             (one-shot; the trainer sets it at the start of the first and last epoch when ``plots=True``).
     """
@@ -58,11 +62,15 @@ class KDCriterion:
         self.plot_to: Path | None = None
         needs = method.needs
         self.probe = None
+        self.teacher_loss = None
         if teacher is not None and method.uses_teacher:
+            hyp = box_criterion(det).hyp  # the student's gains
             if "teacher_grads" in needs:
-                self.probe = TeacherProbe(teacher, box_criterion(det).hyp)  # the student's gains
-            elif "teacher_preds" not in needs:
+                self.probe = TeacherProbe(teacher, hyp)
+            elif not needs & {"teacher_preds", "teacher_instance_losses"}:
                 skip_head(teacher)
+            if "teacher_instance_losses" in needs:
+                self.teacher_loss = self.probe.loss if self.probe else teacher_detection_loss(teacher, hyp)
 
     def __deepcopy__(self, memo: dict) -> None:
         """EMA copies of the student get no criterion (they build a plain one): they must never carry the teacher."""
@@ -116,6 +124,7 @@ class KDCriterion:
                 t_out = self.teacher(img)
             t_raw = t_out[1] if isinstance(t_out, tuple) else t_out
             t_feats = [f.detach().float() for f in head_feats(t_raw)]
+        t_losses = None if self.teacher_loss is None else teacher_instance_losses(self.teacher_loss, t_raw, batch)
         # fp32 even under AMP: the sums over N*C*H*W elements overflow fp16 (methods.md §6.8)
         with torch.autocast(device_type=img.device.type, enabled=False):
             kd = KDBatch(
@@ -127,6 +136,7 @@ class KDCriterion:
                 teacher_grads=t_grads,
                 student_grads=s_grads,
                 student_assignment=s_assign,
+                teacher_losses=t_losses,
             )
             terms = self.method(kd)
             if tuple(terms) != self.term_names:

@@ -36,6 +36,19 @@ backward, and hands them over in ``KDBatch.teacher_grads`` / ``KDBatch.student_g
 
 Cost per batch: the teacher forward (already needed for feature KD) plus one backward through its neck tail and head,
 and one partial backward of the student loss through the student's head and neck tail (methods.md §6.6).
+
+**Teacher per-instance losses** (``teacher_instance_losses`` need; AID, methods.md §3, §6.4): the teacher's own
+detection loss on the same augmented batch, per anchor and term, from the teacher's raw head outputs (the criterion
+runs the head for this need) and the teacher's *own* task-aligned assignment, never the student's features (the
+released AID code runs the teacher's head on the student's features, methods.md §3.2: not copied). The loss is
+Ultralytics' ``v8DetectionLoss`` built for the teacher with the student's gains (``teacher_detection_loss``); its
+``get_assigned_targets_and_loss`` runs the teacher's TaskAlignedAssigner, recorded by ``AssignmentRecorder`` for the
+target scores. ``v8DetectionLoss`` and ``BboxLoss`` reduce to batch scalars, and AID needs sums per image, per image and
+level, per GT box and per level, so the per-anchor values (the ``reduction="none"`` form of the loss) are computed
+here from Ultralytics' own pieces on that assignment: the loss's BCE module, ``bbox_decode``, ``bbox_iou`` (CIoU),
+``bbox2dist`` and its ``DFLoss``. Summed per image they equal ``v8DetectionLoss`` run on that image alone
+(``tests/test_aid.py``). Cost: one more assigner run (its (N, max boxes, A) tensors, like the student's) and the loss
+arithmetic, under ``no_grad``, on the teacher outputs the forward already produced.
 """
 
 from __future__ import annotations
@@ -46,7 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from yolokd.methods.base import Assignment, GradOptions, one2many
+from yolokd.methods.base import Assignment, GradOptions, InstanceLosses, one2many
 
 #: Constant the loss is multiplied by before ``autograd.grad`` (and the gradients divided by after, in fp32), so that
 #: fp16 backward passes under AMP do not flush small gradients to zero. 2^10 keeps typical detection-loss gradients
@@ -196,30 +209,84 @@ def _detached(x: Any) -> Any:
     return x
 
 
+def teacher_detection_loss(teacher: nn.Module, hyp: Any) -> Any:
+    """Ultralytics' ``v8DetectionLoss`` of the teacher with the student's hyperparameters ``hyp`` (box/cls/dfl gains).
+
+    ``v8DetectionLoss`` reads ``args`` from the model it is given; a view of the teacher carrying ``hyp`` is passed
+    instead of setting ``teacher.args``, so the teacher object is not changed (its checkpoint ``args`` may be a plain
+    dict, methods.md §6.4). For end-to-end heads it is the loss of the one-to-many branch (v8's, TAL top-10).
+    """
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    view = SimpleNamespace(args=hyp, model=teacher.model, parameters=teacher.parameters,
+                           class_weights=getattr(teacher, "class_weights", None))
+    return v8DetectionLoss(view)
+
+
+def teacher_instance_losses(loss: Any, raw: dict[str, Any], batch: dict[str, Any]) -> InstanceLosses:
+    """The teacher's own detection loss on ``batch``, per anchor and term (see the module docstring).
+
+    Args:
+        loss: The teacher's ``v8DetectionLoss`` (``teacher_detection_loss``).
+        raw: The teacher's raw head output on the batch images (the one-to-many branch is taken).
+        batch: The training batch (labels).
+
+    Returns:
+        ``InstanceLosses``: fp32, detached, non-finite values replaced (NaN by 0, +-inf by the largest float).
+    """
+    from ultralytics.utils.metrics import bbox_iou
+    from ultralytics.utils.tal import bbox2dist
+
+    raw = one2many(raw)
+    preds = {"boxes": raw["boxes"].detach().float(), "scores": raw["scores"].detach().float(), "feats": raw["feats"]}
+    with torch.no_grad(), torch.autocast(device_type=preds["boxes"].device.type, enabled=False):
+        with AssignmentRecorder(loss) as rec:
+            (fg, _, target_bboxes, anchors, strides), _, _ = loss.get_assigned_targets_and_loss(preds, batch)
+        _, _, target_scores, _, target_gt_idx = rec.outputs[-1]
+        hyp = loss.hyp
+        pred_dist = preds["boxes"].permute(0, 2, 1)
+        cls = loss.bce(preds["scores"].permute(0, 2, 1), target_scores)
+        if loss.class_weights is not None:
+            cls = cls * loss.class_weights
+        weights = target_scores.sum(-1) * fg
+        boxes = target_bboxes / strides  # grid units, as the loss compares them
+        pos = fg.nonzero(as_tuple=True)
+        box = torch.zeros_like(weights)
+        dfl = torch.zeros_like(weights)
+        if pos[0].numel():
+            pred = loss.bbox_decode(anchors, pred_dist)
+            iou = bbox_iou(pred[pos], boxes[pos], xywh=False, CIoU=True).squeeze(-1)
+            box[pos] = (1.0 - iou) * weights[pos]
+            if loss.use_dfl:
+                sides = bbox2dist(anchors, boxes, loss.reg_max - 1)[pos]
+                dfl[pos] = loss.bbox_loss.dfl_loss(pred_dist[pos].reshape(-1, loss.reg_max), sides).squeeze(-1)
+            else:  # reg_max == 1: Ultralytics' L1 of the sides, each scaled by stride / image width or height
+                img_hw = torch.tensor(preds["feats"][0].shape[2:], device=box.device) * loss.stride[0]
+                scale = strides[pos[1]] / img_hw[[1, 0, 1, 0]].float()
+                dfl[pos] = ((pred_dist[pos] - bbox2dist(anchors, boxes)[pos]) * scale).abs().mean(-1)
+            dfl[pos] *= weights[pos]
+        return InstanceLosses(
+            box=torch.nan_to_num(box * hyp.box), cls=torch.nan_to_num(cls.sum(-1) * hyp.cls),
+            dfl=torch.nan_to_num(dfl * hyp.dfl), anchor_weights=torch.nan_to_num(weights), fg_mask=fg.bool(),
+            target_gt_idx=target_gt_idx.long(), level_sizes=[f.shape[-2] * f.shape[-1] for f in preds["feats"]],
+        )
+
+
 class TeacherProbe:
     """Runs the frozen teacher and returns its Detect inputs, raw outputs and detection-loss gradients at those inputs.
 
     Attributes:
         teacher: The frozen teacher (eval mode, parameters without grad); never modified.
-        loss: Ultralytics' ``v8DetectionLoss`` of the teacher with the student's gains.
+        loss: Ultralytics' ``v8DetectionLoss`` of the teacher with the student's gains (``teacher_detection_loss``).
         taps: The layers whose outputs feed the teacher's Detect head, in Detect's input order.
     """
 
     def __init__(self, teacher: nn.Module, hyp: Any) -> None:
-        """Build the teacher's loss with the student's hyperparameters ``hyp`` (box/cls/dfl gains).
-
-        ``v8DetectionLoss`` reads ``args`` from the model it is given; a view of the teacher carrying ``hyp`` is passed
-        instead of setting ``teacher.args``, so the teacher object is not changed (its checkpoint ``args`` may be a
-        plain dict, methods.md §6.4).
-        """
-        from ultralytics.utils.loss import v8DetectionLoss
-
+        """Build the teacher's loss with the student's hyperparameters ``hyp`` (box/cls/dfl gains)."""
         from yolokd.engine.models import detect_head
 
         self.teacher = teacher
-        view = SimpleNamespace(args=hyp, model=teacher.model, parameters=teacher.parameters,
-                               class_weights=getattr(teacher, "class_weights", None))
-        self.loss = v8DetectionLoss(view)
+        self.loss = teacher_detection_loss(teacher, hyp)
         self.taps = [teacher.model[i] for i in detect_head(teacher).f]
 
     def __call__(self, img: Tensor, batch: dict[str, Any], options: GradOptions

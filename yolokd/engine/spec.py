@@ -13,7 +13,7 @@ import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from yolokd.methods import get_method, method_defaults, resolve_hparams
+from yolokd.methods import canonical_name, get_method, is_hyperparameter, method_defaults, resolve_hparams
 
 #: yolokd's own keys, accepted next to every Ultralytics train argument and the method's hyperparameters.
 KD_KEYS = ("teacher", "student", "method", "teacher_epochs")
@@ -23,7 +23,8 @@ DEFAULT_STUDENT = "yolov8n.yaml"
 
 @dataclass
 class KDSpec:
-    """What to distil from: teacher source, method name and its resolved hyperparameters."""
+    """What to distil from: teacher source, method name (canonical: ``aid`` is stored as ``fkd+aid``) and its resolved
+    hyperparameters (plain names for a single method, ``<part>.<name>`` for a composed one)."""
 
     teacher: str | None = None
     method: str = DEFAULT_METHOD
@@ -43,11 +44,12 @@ def split_overrides(overrides: dict[str, Any]) -> KDSpec:
     """Pop yolokd's keys and the method's hyperparameters out of ``overrides`` (in place) and validate the rest.
 
     ``student=`` becomes Ultralytics' ``model=``. Any key that is neither an Ultralytics train argument, nor a yolokd
-    key, nor a hyperparameter of the chosen method fails here, with the closest valid key as a suggestion.
+    key, nor a hyperparameter of the chosen method (in any spelling ``yolokd.methods.compose`` accepts, e.g.
+    ``aid.alpha``) fails here, with the closest valid key as a suggestion.
     """
     from ultralytics.utils import DEFAULT_CFG_KEYS
 
-    method = str(overrides.pop("method", None) or DEFAULT_METHOD)
+    method = canonical_name(str(overrides.pop("method", None) or DEFAULT_METHOD).strip())
     get_method(method)
     hp_keys = set(method_defaults(method))
     student = overrides.pop("student", None)
@@ -60,7 +62,7 @@ def split_overrides(overrides: dict[str, Any]) -> KDSpec:
         method=method,
         teacher_epochs=int(overrides.pop("teacher_epochs", 0) or 0),
     )
-    hparams = {k: overrides.pop(k) for k in list(overrides) if k in hp_keys}
+    hparams = {k: overrides.pop(k) for k in list(overrides) if is_hyperparameter(method, k)}
     spec.hparams = resolve_hparams(method, hparams)
     valid = set(DEFAULT_CFG_KEYS) | set(KD_KEYS) | hp_keys | {"augmentations", "save_dir"}
     unknown = [k for k in overrides if k not in valid]
@@ -80,6 +82,6 @@ def split_overrides(overrides: dict[str, Any]) -> KDSpec:
 
 def _methods_with_key(key: str) -> list[str]:
     """Methods that have ``key`` as a hyperparameter (for a helpful error)."""
-    from yolokd.methods import METHODS
+    from yolokd.methods import METHODS, MODIFIERS
 
-    return [m for m in METHODS if key in method_defaults(m)]
+    return [m for m in (*METHODS, *MODIFIERS) if key in method_defaults(m)]

@@ -33,7 +33,7 @@ from yolokd.engine.models import (
     resolve_model,
 )
 from yolokd.engine.spec import DEFAULT_STUDENT, KDSpec, split_overrides
-from yolokd.methods import KDMethod, build_method, get_method
+from yolokd.methods import KDMethod, build_method, canonical_name, get_method
 from yolokd.utils.offline import prepare_ultralytics
 
 prepare_ultralytics()
@@ -99,7 +99,7 @@ class KDTrainer(DetectionTrainer):
             )
         spec = KDSpec(**state["spec"])
         asked = overrides.pop("method", None)
-        if asked not in (None, spec.method):
+        if asked is not None and canonical_name(str(asked).strip()) != spec.method:
             raise KDConfigError(f"{path} was trained with method={spec.method}; resume continues it, not method={asked}")
         spec.teacher = overrides.pop("teacher", None) or spec.teacher
         for k in [*spec.hparams, "student", "teacher_epochs"]:
@@ -265,7 +265,8 @@ class KDTrainer(DetectionTrainer):
         return recovered
 
     def save_metrics(self, metrics):
-        """Add the epoch's KD:detection loss ratio to results.csv and the log, so the KD weight can be judged."""
+        """Add the epoch's KD:detection loss ratio to results.csv and the log, so the KD weight can be judged, and the
+        method's own epoch statistics (``KDMethod.epoch_stats``: AID's ``aid/w_mean``, ``aid/w_min``, ``aid/w_max``)."""
         if self.tloss:
             kd_names = {f"{t}_loss" for t in (self.method.term_names if self.method else ())}
             kd = sum(float(v) for k, v in self.tloss.items() if k in kd_names)
@@ -276,6 +277,8 @@ class KDTrainer(DetectionTrainer):
                 LOGGER.info(f"yolokd: epoch {self.epoch + 1} KD/detection loss = {kd:.4g}/{det:.4g} = {ratio:.3g}"
                             + ("  (far from 0.1-1: consider changing the method's weight)"
                                if not 0.01 <= ratio <= 10 else ""))
+        if self.method is not None:
+            metrics = {**metrics, **self.method.epoch_stats()}
         super().save_metrics(metrics)
 
 

@@ -1,7 +1,9 @@
 """Registry of distillation methods: one module per method, one line per method below.
 
 Adding a method: write ``yolokd/methods/<name>.py`` with a ``KDMethod`` subclass, put its defaults in
-``cfg/methods/<name>.yaml``, and add the class to ``_REGISTERED``.
+``cfg/methods/<name>.yaml``, and add the class to ``_REGISTERED`` (a ``KDModifier``, which reweights other methods'
+terms, to ``_MODIFIERS``). Composed names (``fgd+ld``, ``fgd+aid``, ``aid``) are parsed in ``compose.py``; the
+functions below accept them wherever they accept a method name.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from typing import Any
 
 import yaml
 
-from yolokd.methods.base import SUPPORTED_NEEDS, KDBatch, KDMethod, reduce_terms
+from yolokd.methods import compose
+from yolokd.methods.aid import AID
+from yolokd.methods.base import SUPPORTED_NEEDS, KDBatch, KDMethod, KDModifier, reduce_terms
 from yolokd.methods.cwd import CWD
 from yolokd.methods.fgd import FGD
+from yolokd.methods.fkd import FKD
 from yolokd.methods.gkd import GKD
 from yolokd.methods.ld import LD
 from yolokd.methods.mgd import MGD
@@ -24,24 +29,42 @@ from yolokd.methods.pkd import PKD
 from yolokd.methods.ultralytics_sl2 import UltralyticsSL2
 from yolokd.utils.paths import CFG_DIR
 
-_REGISTERED: tuple[type[KDMethod], ...] = (NoKD, Mimic, UltralyticsSL2, FGD, GKD, LD, CWD, PKD, MGD)
+_REGISTERED: tuple[type[KDMethod], ...] = (NoKD, Mimic, UltralyticsSL2, FGD, GKD, LD, CWD, PKD, MGD, FKD)
 METHODS: dict[str, type[KDMethod]] = {m.name: m for m in _REGISTERED}
+_MODIFIERS: tuple[type[KDModifier], ...] = (AID,)
+MODIFIERS: dict[str, type[KDModifier]] = {m.name: m for m in _MODIFIERS}
 
-__all__ = ["METHODS", "KDBatch", "KDMethod", "build_method", "get_method", "method_defaults", "reduce_terms"]
+__all__ = ["METHODS", "MODIFIERS", "KDBatch", "KDMethod", "KDModifier", "build_method", "canonical_name",
+           "get_method", "is_hyperparameter", "method_defaults", "reduce_terms", "resolve_hparams",
+           "resolve_part"]
+
+canonical_name = compose.canonical_name
+is_hyperparameter = compose.is_hyperparameter
 
 
 def get_method(name: str) -> type[KDMethod]:
-    """Return the class registered as ``name``, or fail with the list of methods and the closest match."""
+    """The class of ``method=name``: a registered method, or the composite of a composed name (``fgd+aid``, ``aid``).
+
+    Fails with the list of methods, the closest match and the valid forms.
+    """
+    if compose.is_composed(name):
+        return compose.composite_class(str(name).strip())
     if name not in METHODS:
         close = difflib.get_close_matches(str(name), list(METHODS), n=1)
         hint = f" Did you mean method={close[0]}?" if close else ""
-        raise ValueError(f"unknown method '{name}'.{hint} Available: {', '.join(METHODS)} (see `yolokd methods`).")
+        raise ValueError(f"unknown method '{name}'.{hint} Available: {', '.join(METHODS)}; valid forms: "
+                         f"{compose.describe_forms()} (see `yolokd methods`).")
     return METHODS[name]
 
 
 def method_defaults(name: str) -> dict[str, Any]:
-    """Default hyperparameters of a method, read from ``cfg/methods/<name>.yaml``."""
-    get_method(name)
+    """Default hyperparameters of a registered method or modifier, read from ``cfg/methods/<name>.yaml``; of a composed
+    name (``fgd+aid``), every part's under ``<part>.<name>``. A modifier's name gives its own defaults: canonicalise a
+    user's ``method=`` first (``canonical_name``: ``aid`` is ``fkd+aid``)."""
+    if compose.SEPARATOR in str(name):
+        return {f"{p}.{k}": v for p in compose.parse(name).parts for k, v in method_defaults(p).items()}
+    if name not in MODIFIERS:
+        get_method(name)
     path = CFG_DIR / "methods" / f"{name}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"defaults of method '{name}' missing: {path}")
@@ -52,8 +75,9 @@ def method_defaults(name: str) -> dict[str, Any]:
     return data
 
 
-def resolve_hparams(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Merge user values over the YAML defaults, casting each to the default's type; unknown keys are an error."""
+def resolve_part(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A registered method's or modifier's YAML defaults with ``overrides`` (plain names) over them, each cast to the
+    default's type; unknown names are an error."""
     defaults = method_defaults(name)
     unknown = [k for k in overrides if k not in defaults]
     if unknown:
@@ -71,6 +95,18 @@ def resolve_hparams(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError) as e:
             raise ValueError(f"method '{name}': {k}={v!r} is not a {type(d).__name__}") from e
     return merged
+
+
+def resolve_hparams(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of ``method=name``: YAML defaults with the user's values over them, checked and cast.
+
+    A single method takes its plain names (or ``<method>.<name>``) and returns plain names; a composed method takes
+    ``<part>.<name>``, bare names one part owns, or ``<part>={...}``, and returns ``<part>.<name>`` keys
+    (``compose.split_hparams``).
+    """
+    if compose.is_composed(name):
+        return compose.resolve(name, overrides)
+    return resolve_part(name, compose.split_hparams(compose.Composition((name,), ()), overrides)[name])
 
 
 def build_method(

@@ -2,8 +2,9 @@
 
 A method returns *terms*, not a finished scalar: each term is a tensor of shape (N, L), the contribution of image n at
 neck level l, already multiplied by its coefficient. The caller (``reduce_terms``) sums them. This is what lets a
-wrapper method such as AID reweight another method per image, per level or per object (``KDBatch.instance_weights``)
-without knowing its internals.
+modifier such as AID (``KDModifier``, combined with methods by ``yolokd.methods.compose``) reweight another method per
+image, per level or per object (``KDBatch.instance_weights``, on the terms a method lists in ``object_terms``) without
+knowing its internals.
 
 Scale convention (``../shared/docs/methods.md`` §6.2): Ultralytics optimises ``batch_size x`` the per-image detection
 loss and logs the per-image value. The KD terms follow it: the optimised KD loss is the *sum* over images of the per-image
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 #: Inputs a method may declare in ``KDMethod.needs``, beyond the neck features and the batch it always gets.
 SUPPORTED_NEEDS = frozenset({"teacher_preds", "student_preds", "teacher_grads", "student_grads",
-                             "student_assignment"})
+                             "student_assignment", "teacher_instance_losses"})
 
 
 def one2many(raw: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +137,96 @@ class Assignment:
         return self.target_scores.sum().clamp(min=1)
 
 
+def level_sums(values: Tensor, sizes: list[int]) -> Tensor:
+    """(N, L): per-anchor values (N, A) summed over each level's anchors (levels concatenated in ``sizes`` order)."""
+    return torch.stack([v.sum(-1) for v in values.split(sizes, dim=-1)], 1)
+
+
+#: The teacher loss terms an AID-style weight may be computed from (``InstanceLosses``), each with Ultralytics' gain.
+LOSS_TERMS = ("box", "cls", "dfl")
+
+
+@dataclass(frozen=True)
+class InstanceLosses:
+    """The teacher's own detection loss on this batch, per anchor and term, and its reductions (methods.md §6.4).
+
+    Filled by the criterion (``yolokd.engine.providers.teacher_instance_losses``) for methods that declare the
+    ``teacher_instance_losses`` need: the teacher's raw outputs on the same augmented batch, assigned by the teacher's
+    own TaskAlignedAssigner (never the student's features or assignment), each term times the gain Ultralytics gives
+    it (the student's box/cls/dfl), so that ``box + cls (+ dfl)`` summed over a batch and divided by the batch's target
+    score sum is exactly the (un-``batch_size``-scaled) ``v8DetectionLoss`` of the teacher. All tensors detached, fp32,
+    anchors in ``make_anchors`` order (P3 first, row-major).
+
+    Attributes:
+        box: (N, A) box gain x (1 - CIoU) x w_a on the teacher's positives, 0 elsewhere.
+        cls: (N, A) cls gain x sum_c BCE(teacher logit, target score), on every anchor (background included).
+        dfl: (N, A) dfl gain x DFL x w_a on the positives (the image-normalised L1 of the sides for heads without DFL).
+        anchor_weights: (N, A) w_a = sum_c target_scores, an anchor's weight in the box/DFL terms (0 off positives).
+        fg_mask: (N, A) bool, the teacher's positives.
+        target_gt_idx: (N, A) long, index of the assigned box among its image's boxes (valid where ``fg_mask``).
+        level_sizes: Anchors per level (H*W), P3 first.
+    """
+
+    box: Tensor
+    cls: Tensor
+    dfl: Tensor
+    anchor_weights: Tensor
+    fg_mask: Tensor
+    target_gt_idx: Tensor
+    level_sizes: list[int]
+
+    def total(self, terms: Iterable[str]) -> Tensor:
+        """(N, A): the chosen terms (a subset of ``LOSS_TERMS``) added up per anchor."""
+        terms = tuple(terms)
+        unknown = set(terms) - set(LOSS_TERMS)
+        if unknown or not terms:
+            raise ValueError(f"teacher loss terms must be a non-empty subset of {LOSS_TERMS}, got {terms}")
+        return sum(getattr(self, t) for t in terms)
+
+    def image_norm(self) -> Tensor:
+        """(N,): each image's target score sum, at least 1: Ultralytics' normaliser, applied per image."""
+        return self.anchor_weights.sum(1).clamp(min=1)
+
+    def per_image(self, terms: Iterable[str]) -> Tensor:
+        """(N,): each image's teacher loss, exactly ``v8DetectionLoss`` run on that image alone (batch of one)."""
+        return self.total(terms).sum(1) / self.image_norm()
+
+    def per_image_level(self, terms: Iterable[str]) -> Tensor:
+        """(N, L): each image's loss split by the level of the anchors; the image's normaliser, so rows add up to
+        ``per_image`` (mmdet's per-level shares, methods.md §6.4)."""
+        return level_sums(self.total(terms), self.level_sizes) / self.image_norm()[:, None]
+
+    def per_batch_level(self, terms: Iterable[str]) -> Tensor:
+        """(L,): the batch loss split by level, normalised by the batch's target score sum (the released code's
+        granularity); adds up to the batch's ``v8DetectionLoss`` (before its ``batch_size x``)."""
+        return level_sums(self.total(terms), self.level_sizes).sum(0) / self.anchor_weights.sum().clamp(min=1)
+
+    def per_object(self, terms: Iterable[str], batch_idx: Tensor) -> Tensor:
+        """(n,): each GT box's loss over the teacher positives assigned to it, aligned with ``batch["bboxes"]``.
+
+        D[g] = sum_{a: fg, gt_idx(a) = g} loss[a] / max(sum_{a in g} w_a, 1): Ultralytics' normalisation applied to the
+        box's own positives (the clamp at 1 is v8's; a smaller floor would blow up the cls part, which is not weighted
+        by w_a, for boxes the teacher barely matches). The background's cls loss belongs to no box. A box that gets no
+        teacher positive (tiny, crowded, degenerate) has no loss of its own and takes its image's ``per_image`` value.
+        Box j of image b is the j-th row of ``batch_idx`` equal to b, the order Ultralytics pads them in.
+        """
+        total = self.total(terms)
+        idx = batch_idx.view(-1).long().to(total.device)
+        n_img = total.shape[0]
+        if not idx.numel():
+            return total.new_zeros(0)
+        within = (torch.nn.functional.one_hot(idx, n_img).cumsum(0) - 1).gather(1, idx[:, None]).squeeze(1)
+        m = int(within.max()) + 1
+        gt = torch.where(self.fg_mask, self.target_gt_idx.long(), 0).clamp(max=m - 1)
+        fg = self.fg_mask.float()
+        num = total.new_zeros(n_img, m).scatter_add_(1, gt, total * fg)
+        wsum = total.new_zeros(n_img, m).scatter_add_(1, gt, self.anchor_weights * fg)
+        count = total.new_zeros(n_img, m).scatter_add_(1, gt, fg)
+        own = num / wsum.clamp(min=1)
+        image = self.per_image(terms)[:, None].expand_as(own)
+        return torch.where(count > 0, own, image)[idx, within]
+
+
 @dataclass
 class KDBatch:
     """Everything a method may look at for one training batch.
@@ -157,8 +248,11 @@ class KDBatch:
             against its own detections, ``grad_options.target == "pred"``). ``student_feats`` keep their graph.
         student_assignment: If the method declared ``student_assignment``: the task-aligned assignment the student's
             own detection loss used on this batch (``Assignment``; the one-to-many branch for end-to-end heads).
-        instance_weights: Per-object weights (n,), aligned with ``batch['bboxes']``, set by a wrapper method; methods
-            with per-object terms multiply each object's region by its weight. None means 1.
+        teacher_losses: If the method declared ``teacher_instance_losses``: the teacher's own detection loss on this
+            batch, per anchor and term (``InstanceLosses``), from its own assignment.
+        instance_weights: Per-object weights (n,), aligned with ``batch['bboxes']``, set by a modifier (AID at
+            ``granularity=object``); methods multiply each object's region by its weight in the terms they list in
+            ``KDMethod.object_terms``. None means 1.
     """
 
     student_feats: list[Tensor]
@@ -169,6 +263,7 @@ class KDBatch:
     teacher_grads: list[Tensor] | None = None
     student_grads: list[Tensor] | None = None
     student_assignment: Assignment | None = None
+    teacher_losses: InstanceLosses | None = None
     instance_weights: Tensor | None = None
 
     @property
@@ -193,6 +288,9 @@ class KDMethod(nn.Module):
     uses_teacher: ClassVar[bool] = True
     #: How ``teacher_grads`` / ``student_grads`` are computed, for methods that declare them (instance attribute).
     grad_options: GradOptions | None = None
+    #: Terms computed over GT-box regions that ``KDBatch.instance_weights`` scale box by box (FGD's foreground term).
+    #: A per-object modifier leaves them to those weights and gives every other term the image's weight.
+    object_terms: frozenset[str] = frozenset()
 
     def __init__(self, student_channels: list[int], teacher_channels: list[int]) -> None:
         """Record the per-level widths that connectors are built from."""
@@ -236,6 +334,51 @@ class KDMethod(nn.Module):
         the pictures lie next to Ultralytics' ``train_batch*.jpg``. Methods without anything to show keep this no-op.
         """
         return []
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Values to add to results.csv once per epoch (e.g. AID's weight statistics), then start afresh.
+
+        The trainer calls it when it writes the epoch's row; the keys must be the same every epoch (they are columns).
+        """
+        return {}
+
+
+@dataclass(frozen=True)
+class Reweighting:
+    """What a modifier does to the terms of the methods it is combined with, for one batch.
+
+    Attributes:
+        image: Weights broadcastable to (N, L): (N, 1) per image, (N, L) per image and level, (1, L) per level. They
+            multiply every term except, when ``objects`` is set, a method's ``object_terms``. None means 1.
+        objects: (n,) per-object weights aligned with ``batch["bboxes"]``, handed to the methods as
+            ``KDBatch.instance_weights``. None: no per-object weighting.
+    """
+
+    image: Tensor | None = None
+    objects: Tensor | None = None
+
+
+class KDModifier(nn.Module):
+    """Base class of modifiers: combined with methods (``method=fgd+aid``), they add no term of their own but reweight
+    the methods' terms (``Reweighting``). Hyperparameters come from ``cfg/methods/<name>.yaml`` like a method's.
+
+    Attributes:
+        base: The method a modifier given alone applies to (``method=aid`` means ``fkd+aid``); None: it needs one.
+        stats_names: The results.csv columns its ``epoch_stats`` fills.
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    base: ClassVar[str | None] = None
+    stats_names: ClassVar[tuple[str, ...]] = ()
+
+    def weigh(self, kd: KDBatch) -> Reweighting:
+        """The weights of this batch (detached constants)."""
+        raise NotImplementedError
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Like ``KDMethod.epoch_stats``."""
+        return {}
 
 
 def reduce_terms(

@@ -32,11 +32,11 @@ Decisions on the points the spec leaves open (each is tested in ``tests/test_fgd
   Mbg = 1/(H*W), so the image still gets background, attention and global terms.
 - **Maps that are entirely foreground**: Mbg = 0 everywhere (no normalisation, no division by zero), so ``fgd_bg``
   is 0 for that image and level.
-- **Instance weights** (``KDBatch.instance_weights``, the hook of a later AID wrapper, §6.5): the foreground value of
-  a cell is S_j * w_j, where j is the box that defines S there (smallest box; equal areas: largest weight). They only
-  scale Mfg: a cell covered by a box of weight 0 is still foreground (out of Mbg). The background, attention and
-  global terms are per image and are left to the wrapper's image-level weights. The weights are used as constants
-  (detached), and None means 1, which gives exactly the official masks.
+- **Instance weights** (``KDBatch.instance_weights``, set by AID at ``granularity=object``, §6.5): the foreground
+  value of a cell is S_j * w_j, where j is the box that defines S there (smallest box; equal areas: largest weight).
+  They only scale Mfg: a cell covered by a box of weight 0 is still foreground (out of Mbg). The background, attention
+  and global terms are per image and are left to the modifier's image-level weights (``object_terms``: ``fgd_fg``
+  only). The weights are used as constants (detached), and None means 1, which gives exactly the official masks.
 - **Ablation switches** (``use_focal``, ``use_attention``, ``use_global``): a switched-off part is not computed and
   its terms are returned as zeros, not dropped, because the term names are fixed per method (``term_names``, the
   results.csv columns). ``use_focal`` covers both ``fgd_fg`` and ``fgd_bg``. With ``use_global`` off no GcBlocks are
@@ -202,6 +202,7 @@ class FGD(KDMethod):
 
     name = "fgd"
     term_names = ("fgd_fg", "fgd_bg", "fgd_at", "fgd_gl")
+    object_terms = frozenset({"fgd_fg"})  # the foreground mask is where instance weights act
 
     def __init__(
         self,

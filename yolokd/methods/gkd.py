@@ -45,7 +45,8 @@ Decisions on points the spec leaves open (each tested in ``tests/test_gkd.py``):
   the Gaussian's sigma, the patch and 1/(4wh) (methods.md §6.8); boxes with no area inside the image mark nothing.
 - **Overlaps and instance weights**: boxes combine by element-wise max; ``KDBatch.instance_weights`` multiply the
   value of the box that defines G at a cell (``fgd.combine_boxes``, the FGD rule, §6.5), so they scale ``gkd_box``
-  and, in ``gmask``, ``gkd_map``. The whole-image terms are left to a wrapper's image-level weights.
+  and, in ``gmask``, ``gkd_map`` (``object_terms``). The whole-image terms are left to a wrapper's image-level
+  weights.
 - **sqrt(M^S) in gmask's ``gkd_box``** is a constant weight (detached): its derivative is infinite where M^S = 0, which
   min-max normalisation guarantees at one cell per map; the student map is learnt through ``gkd_map``. The released
   code treats both maps as constants.
@@ -178,6 +179,12 @@ class GKD(KDMethod):
             if self.variant == "gmask":
                 self.gc_student = nn.ModuleList(GcBlock(c) for c in teacher_channels)
                 self.gc_teacher = nn.ModuleList(GcBlock(c) for c in teacher_channels)
+
+    @property
+    def object_terms(self) -> frozenset[str]:
+        """The terms the instance weights scale box by box: the Gaussian-masked ``gkd_box``, and ``gkd_map`` when
+        ``variant=gmask`` restricts it to the boxes."""
+        return frozenset({"gkd_box", "gkd_map"} if self.variant == "gmask" else {"gkd_box"})
 
     def maps(self, kd: KDBatch) -> list[tuple[Tensor, Tensor]]:
         """Per level, the teacher map (detached) and the student map (in the graph), each (N, H, W) fp32 in [0, 1]."""

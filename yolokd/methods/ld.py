@@ -69,12 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from yolokd.methods.base import Assignment, KDBatch, KDMethod, coefficients, one2many, positive_temperature
-
-
-def level_sums(values: Tensor, sizes: list[int]) -> Tensor:
-    """(N, L): per-anchor values (N, A) summed over each level's anchors (levels concatenated in ``sizes`` order)."""
-    return torch.stack([v.sum(-1) for v in values.split(sizes, dim=-1)], 1)
+from yolokd.methods.base import (Assignment, KDBatch, KDMethod, coefficients, level_sums, one2many,
+                                 positive_temperature)
 
 
 def side_logits(boxes: Tensor) -> Tensor:
