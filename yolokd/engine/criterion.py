@@ -6,6 +6,11 @@ head outputs themselves (``preds["feats"]`` are the Detect inputs), so no forwar
 Gradient-guided methods get their detection-loss gradients, output-distillation methods the student's task-aligned
 assignment, and AID the teacher's per-instance losses, from ``yolokd.engine.providers``, computed here once per batch
 (so that the methods of a composed ``method=a+b`` share them).
+
+Non-finite KD terms are caught here, where the loss vector is built, before the trainer sums it and back-propagates:
+a step with a NaN/Inf term trains on the detection loss alone (``KDCriterion.dropped`` names the terms; the trainer
+counts, logs and stops on persistent failure), so neither the student, nor the method, nor Ultralytics' logged losses
+see the non-finite value, and Ultralytics' NaN recovery (a reload of ``last.pt``) is not triggered by it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ def skip_head(model: nn.Module) -> None:
     head.forward = lambda x: {"feats": list(x)}  # instance attribute: shadows Detect.forward for this copy only
 
 
+class NonFiniteKDError(RuntimeError):
+    """The method's distillation terms stayed NaN/Inf for too many consecutive training steps."""
+
+
 class KDCriterion:
     """Callable like an Ultralytics criterion: ``(preds, batch) -> (loss vector, loss items)``.
 
@@ -51,6 +60,8 @@ class KDCriterion:
             ``teacher_instance_losses``, else None.
         plot_to: When set, the method draws its pictures of the next training batch to files named ``<plot_to>*``
             (one-shot; the trainer sets it at the start of the first and last epoch when ``plots=True``).
+        dropped: After each training call, the names of the KD terms that were NaN/Inf (their step's KD loss was
+            replaced by zeros); empty when all were finite.
     """
 
     def __init__(self, det: Any, teacher: nn.Module | None, method: KDMethod) -> None:
@@ -60,6 +71,7 @@ class KDCriterion:
         self.method = method
         self.term_names = tuple(method.term_names)
         self.plot_to: Path | None = None
+        self.dropped: tuple[str, ...] = ()
         needs = method.needs
         self.probe = None
         self.teacher_loss = None
@@ -94,8 +106,33 @@ class KDCriterion:
         if isinstance(preds, tuple) or not torch.is_grad_enabled():  # validation: report zeros for the KD columns
             zeros = det_loss.new_zeros(len(self.term_names))
             return torch.cat([det_loss, zeros]), {**items, **{f"{k}_loss": z for k, z in zip(self.term_names, zeros)}}
+        buffers = [b.detach().clone() for b in self.method.buffers()]  # BN statistics a non-finite forward may spoil
         kd_loss, kd_items = self.kd_terms(preds, batch, det_loss, getattr(recorder, "outputs", None))
+        kd_loss, kd_items = self.drop_nonfinite(kd_loss, kd_items, buffers)
         return torch.cat([det_loss, kd_loss.to(det_loss.dtype)]), {**items, **kd_items}
+
+    def drop_nonfinite(
+        self, kd_loss: Tensor, kd_items: dict[str, Tensor], buffers: list[Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Replace the whole KD loss of a step with a NaN/Inf term by zeros *cut from the graph*; record the terms.
+
+        Detached zeros, not ``torch.where(finite, kd, 0)``: the backward of ``where`` sends 0 into the NaN branch and
+        ``0 * NaN`` is NaN again upstream, so only cutting the graph keeps the student and the method's gradients
+        clean. All terms are dropped, not only the bad one: they share the method's modules, whose state produced it.
+        The method's buffers (e.g. FKD's BatchNorm statistics) are put back to ``buffers``, taken before its forward.
+        One host sync per step (the ``if``), like Ultralytics' per-step progress bar.
+        """
+        finite = torch.isfinite(kd_loss.detach())
+        if bool(finite.all()):
+            self.dropped = ()
+            return kd_loss, kd_items
+        self.dropped = tuple(t for t, ok in zip(self.term_names, finite.tolist()) if not ok)
+        if buffers is not None:
+            with torch.no_grad():
+                for b, saved in zip(self.method.buffers(), buffers):
+                    b.copy_(saved)
+        zeros = kd_loss.detach().new_zeros(kd_loss.shape)
+        return zeros, {k: torch.zeros_like(v) for k, v in kd_items.items()}
 
     def kd_terms(
         self, preds: dict[str, Any], batch: dict[str, Any], det_loss: Tensor | None = None,

@@ -6,6 +6,9 @@ Design (why it looks like this):
   (``last.pt``, ``best.pt``, ``epochN.pt``, also of a killed run) and every exporter see only Ultralytics classes.
 - The method's trainable state (connectors, GcBlocks, ...) is optimised in extra parameter groups, saved as plain
   tensors under ``ckpt["yolokd"]`` for resume and NaN recovery, and dropped from the final checkpoints.
+- A step whose KD terms are NaN/Inf trains on the detection loss alone (``KDCriterion.drop_nonfinite``); the trainer
+  counts such steps per epoch (``kd/nonfinite_steps`` in results.csv, one warning per epoch) and stops after
+  ``MAX_NONFINITE_STEPS`` in a row. The method's gradients are clipped like the student's (``optimizer_step``).
 - Checkpoints are written to a staging folder and moved into place with ``os.replace``: a kill never leaves a torn file.
 - Ultralytics' own methods are overridden and then called (``super()``); no trainer code is copied.
 """
@@ -23,7 +26,7 @@ from torch import nn
 
 from yolokd import __version__
 from yolokd.data import resolve_data
-from yolokd.engine.criterion import KDCriterion
+from yolokd.engine.criterion import KDCriterion, NonFiniteKDError
 from yolokd.engine.models import (
     KDConfigError,
     check_compatible,
@@ -44,6 +47,8 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 #: Column of results.csv with the epoch's mean KD loss divided by its mean detection loss.
 RATIO_KEY = "train/kd_det_ratio"
+#: Column of results.csv with the number of the epoch's training steps whose KD terms were NaN/Inf (and dropped).
+NONFINITE_KEY = "kd/nonfinite_steps"
 
 
 class KDTrainer(DetectionTrainer):
@@ -56,7 +61,16 @@ class KDTrainer(DetectionTrainer):
         >>> trainer = KDTrainer(overrides=dict(teacher="teacher.pt", student="yolov8n.yaml", method="mimic",
         ...                                    data="kitti.yaml", epochs=100))
         >>> trainer.train()
+
+    Attributes:
+        MAX_NONFINITE_STEPS: Consecutive training steps with NaN/Inf KD terms after which the run stops
+            (``NonFiniteKDError``); isolated ones are dropped, counted and logged.
+        METHOD_MAX_NORM: Gradient-norm bound of the method's parameters, the student's bound in Ultralytics'
+            ``optimizer_step``; the method's parameters are clipped as one group, separately from the student.
     """
+
+    MAX_NONFINITE_STEPS: int = 50
+    METHOD_MAX_NORM: float = 10.0
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
         """Split yolokd's settings from Ultralytics' (see ``yolokd.engine.spec``), then check the teacher early."""
@@ -76,9 +90,14 @@ class KDTrainer(DetectionTrainer):
         self.teacher: nn.Module | None = None
         self.method: KDMethod | None = None
         self.teacher_metrics: dict[str, float] = {}
+        self.nonfinite_steps = 0  # this epoch's steps with NaN/Inf KD terms
+        self.nonfinite_terms: set[str] = set()  # ... and their terms
+        self.nonfinite_run: list[tuple[str, ...]] = []  # the current run of consecutive such steps
         super().__init__(cfg, overrides, _callbacks)
-        if _plot_method_maps not in self.callbacks["on_train_epoch_start"]:  # a DDP relaunch brings it along
-            self.add_callback("on_train_epoch_start", _plot_method_maps)
+        for event, fn in (("on_train_epoch_start", _plot_method_maps), ("on_train_epoch_start", _reset_nonfinite),
+                          ("on_train_batch_end", _count_nonfinite)):
+            if fn not in self.callbacks[event]:  # a DDP relaunch brings them along
+                self.add_callback(event, fn)
         self._prepare_teacher()
 
     # ------------------------------------------------------------------ set-up
@@ -212,15 +231,51 @@ class KDTrainer(DetectionTrainer):
                 delattr(self.args, k)
 
     def optimizer_step(self):
-        """Average the method's gradients across GPUs (it is outside the DDP-wrapped student), then step."""
-        if self.world_size > 1 and self.method is not None:
+        """Average the method's gradients across GPUs and clip them like the student's, then Ultralytics' step.
+
+        The method lives outside ``self.model``, so Ultralytics' ``optimizer_step`` neither all-reduces nor clips its
+        gradients. They are clipped here to ``METHOD_MAX_NORM``, as one group of their own, *before* Ultralytics
+        unscales the optimizer's gradients (it may do so only once per step): in AMP's scaled space the bound is
+        ``METHOD_MAX_NORM x scaler.get_scale()``, so after the unscale the norm is at most ``METHOD_MAX_NORM``, as the
+        student's. An overflowed (inf) gradient is left to the scaler, which skips that step.
+        """
+        if self.method is None:
+            return super().optimizer_step()
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        if self.world_size > 1:
             import torch.distributed as dist
 
-            for p in self.method.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world_size
-        super().optimizer_step()
+            for p in params:
+                if p.grad is None:  # e.g. a step whose KD terms were dropped on this rank only: every rank must join
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+        grads = [p for p in params if p.grad is not None]
+        if grads:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            torch.nn.utils.clip_grad_norm_(grads, max_norm=self.METHOD_MAX_NORM * scale,
+                                           foreach=False if self.device.type == "npu" else None)
+        return super().optimizer_step()
+
+    def count_nonfinite(self, dropped: tuple[str, ...]) -> None:
+        """Count a training step by the KD terms the criterion dropped (none: finite); stop on a persistent failure."""
+        if not dropped:
+            self.nonfinite_run = []
+            return
+        self.nonfinite_steps += 1
+        self.nonfinite_terms.update(dropped)
+        self.nonfinite_run.append(dropped)
+        if len(self.nonfinite_run) >= self.MAX_NONFINITE_STEPS:
+            terms = sorted({t for d in self.nonfinite_run for t in d})
+            raise NonFiniteKDError(
+                f"yolokd: method '{self.kd.method}' gave NaN/Inf distillation terms ({', '.join(terms)}) in "
+                f"{len(self.nonfinite_run)} consecutive training steps (epoch {getattr(self, 'epoch', 0) + 1}; "
+                f"the limit is KDTrainer.MAX_NONFINITE_STEPS={self.MAX_NONFINITE_STEPS}). Each step trained on the "
+                f"detection loss alone, but the method is not recovering. Try lower weights for the method's terms "
+                f"(hyperparameters {dict(self.kd.hparams) or 'defaults'}; see `yolokd methods`), a lower lr0, or "
+                f"amp=False, and check the teacher ({self.kd.teacher}): does it validate with finite losses and mAP on "
+                f"this data?"
+            )
 
     # ------------------------------------------------------------------ state
     def kd_state(self, weights: bool = True) -> dict[str, Any]:
@@ -266,7 +321,8 @@ class KDTrainer(DetectionTrainer):
 
     def save_metrics(self, metrics):
         """Add the epoch's KD:detection loss ratio to results.csv and the log, so the KD weight can be judged, and the
-        method's own epoch statistics (``KDMethod.epoch_stats``: AID's ``aid/w_mean``, ``aid/w_min``, ``aid/w_max``)."""
+        method's own epoch statistics (``KDMethod.epoch_stats``: AID's ``aid/w_mean``, ``aid/w_min``, ``aid/w_max``),
+        and the number of steps whose NaN/Inf KD terms were dropped (``kd/nonfinite_steps``; a warning when not 0)."""
         if self.tloss:
             kd_names = {f"{t}_loss" for t in (self.method.term_names if self.method else ())}
             kd = sum(float(v) for k, v in self.tloss.items() if k in kd_names)
@@ -278,7 +334,13 @@ class KDTrainer(DetectionTrainer):
                             + ("  (far from 0.1-1: consider changing the method's weight)"
                                if not 0.01 <= ratio <= 10 else ""))
         if self.method is not None:
-            metrics = {**metrics, **self.method.epoch_stats()}
+            metrics = {**metrics, **self.method.epoch_stats(), NONFINITE_KEY: self.nonfinite_steps}
+            if self.nonfinite_steps:
+                LOGGER.warning(
+                    f"yolokd: epoch {self.epoch + 1}: {self.nonfinite_steps} of {len(self.train_loader)} training "
+                    f"steps had NaN/Inf KD terms ({', '.join(sorted(self.nonfinite_terms))}); their KD loss was "
+                    f"dropped (those steps trained on the detection loss alone)"
+                )
         super().save_metrics(metrics)
 
 
@@ -293,6 +355,20 @@ def _plot_method_maps(trainer: KDTrainer) -> None:
     criterion = getattr(unwrap_model(trainer.model), "criterion", None)
     if isinstance(criterion, KDCriterion):
         criterion.plot_to = Path(trainer.save_dir) / f"{trainer.kd.method}_maps_epoch{trainer.epoch + 1}"
+
+
+def _reset_nonfinite(trainer: KDTrainer) -> None:
+    """Start the epoch's count of steps with NaN/Inf KD terms (the run of consecutive ones carries over)."""
+    trainer.nonfinite_steps = 0
+    trainer.nonfinite_terms = set()
+
+
+def _count_nonfinite(trainer: KDTrainer) -> None:
+    """After each training batch: count it if the criterion dropped its KD terms (``KDCriterion.dropped``)."""
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    if isinstance(criterion, KDCriterion):
+        dropped, criterion.dropped = criterion.dropped, ()
+        trainer.count_nonfinite(dropped)
 
 
 def _rewrite(src: Path, dst: Path, state: dict[str, Any]) -> None:
