@@ -11,6 +11,7 @@ for p in "$@"; do
   [ -f "$src/teacher/results.csv" ] && cp "$src/teacher/results.csv" "$dst/teacher.results.csv"  # its fine-tune curve
   [ -f "$src/student-init/result.json" ] && cp "$src/student-init/result.json" "$dst/student-init.json"
   for r in "$src"/runs/*/; do
+    [ -f "$r/result.json" ] || { echo "skipping unfinished run $r"; continue; }
     n=$(basename "$r"); cp "$r/result.json" "$dst/run-$n.json"; cp "$r/job.json" "$dst/run-$n.job.json"
     cp "$r/args.yaml" "$dst/run-$n.args.yaml"  # the full Ultralytics arguments (KD settings are in job.json)
     cp "$r/results.csv" "$dst/run-$n.results.csv"  # per-epoch losses and validation: the learning curve
