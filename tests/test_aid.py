@@ -78,7 +78,10 @@ def test_per_image_teacher_losses_equal_ultralytics_loss_on_each_image_alone(cfg
     aid = AID(alpha=0.3, granularity="image", terms="+".join(terms), normalize=False)
     w = aid.weigh(KDBatch([], [], batch, teacher_losses=losses)).image
     assert w.shape == (3, 1) and not w.requires_grad
-    assert w.view(-1).tolist() == pytest.approx([math.exp(-0.3 * v) for v in alone], rel=1e-5)
+    # D matches the independent per-image losses to rel 1e-4 (float sums in another order, thread-count dependent), so
+    # w = exp(-0.3 D) matches to about 0.3 * D * 1e-4 relative (D ~ 10 here): rel 1e-3. The formula itself is exact.
+    assert w.view(-1).tolist() == pytest.approx([math.exp(-0.3 * v) for v in alone], rel=1e-3)
+    assert w.view(-1).tolist() == pytest.approx([math.exp(-0.3 * v) for v in d.tolist()], rel=1e-6)
     assert ((w > 0) & (w <= 1)).all()
 
 
