@@ -150,7 +150,7 @@ def test_protocol_errors(tmp_path):
                                    "epoch": 3}))
     with pytest.raises(ProtocolError, match="epoch"):
         load_protocol(str(bad))
-    with pytest.raises(ProtocolError, match="neither a method"):
+    with pytest.raises(ProtocolError, match="unknown method 'nonee'. Did you mean method=none.*Nor is it a variant"):
         entries(load_protocol("coco128-ft"), ["nonee"])
 
 

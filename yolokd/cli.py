@@ -216,17 +216,31 @@ def main(argv: list[str] | None = None) -> int:
                      + " See `yolokd help`.")
 
 
-def entrypoint() -> None:
-    """Console-script entry point: clear one-line errors for bad input, full tracebacks for bugs."""
+def run(argv: list[str] | None = None) -> int:
+    """``main`` with bad input reported as one ``yolokd: error: ...`` line on stderr and exit code 2, no traceback.
+
+    A failed benchmark run (its log has the traceback) or a broken export exits with 1; anything else is a bug and
+    keeps its full traceback.
+    """
     from yolokd.bench.runner import BenchJobError
     from yolokd.deploy.parity import ParityError
     from yolokd.engine.models import KDConfigError
 
     try:
-        sys.exit(main())
+        return main(argv)
     except (KDConfigError, FileNotFoundError, ValueError) as e:  # ProtocolError is a ValueError
         print(f"yolokd: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (BenchJobError, ParityError) as e:  # a benchmark run failed (its log has the traceback); a broken export
+        return 2
+    except SystemExit as e:  # argument errors raised as SystemExit("message")
+        if isinstance(e.code, str):
+            print(f"yolokd: error: {e.code.removeprefix('yolokd: ')}", file=sys.stderr)
+            return 2
+        raise
+    except (BenchJobError, ParityError) as e:
         print(f"yolokd: {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+
+
+def entrypoint() -> None:
+    """Console-script entry point (``run``)."""
+    sys.exit(run())

@@ -8,6 +8,8 @@ without bumping its ``version`` is caught instead of silently mixing results.
 
 from __future__ import annotations
 
+import difflib
+
 import hashlib
 import json
 import shutil
@@ -39,7 +41,10 @@ def load_protocol(name_or_path: str) -> dict[str, Any]:
     if not p.suffix:
         p = PROTOCOL_DIR / f"{name_or_path}.yaml"
     if not p.is_file():
-        raise ProtocolError(f"protocol '{name_or_path}' not found; shipped protocols: {', '.join(list_protocols())}")
+        close = difflib.get_close_matches(str(name_or_path), list_protocols(), n=1)
+        raise ProtocolError(f"unknown protocol '{name_or_path}' (no such file or shipped protocol)."
+                            f"{f' Did you mean {close[0]}?' if close else ''} Shipped protocols: "
+                            f"{', '.join(list_protocols())} (`yolokd bench protocols`), or pass a protocol YAML's path")
     proto = yaml.safe_load(p.read_text())
     unknown = set(proto) - PROTOCOL_KEYS
     if unknown:
@@ -154,11 +159,13 @@ def entries(proto: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]
         elif method_of(n) is not None:
             out[n] = {"method": method_of(n), "args": {}}
         else:
-            from yolokd.methods import METHODS
-
-            raise ProtocolError(f"'{n}' is neither a method ({', '.join(METHODS)}, or a combination such as fgd+aid) "
-                                f"nor a variant of protocol '{proto['name']}' "
-                                f"({', '.join(proto['variants']) or 'none'})")
+            try:
+                get_method(str(n))
+                why = f"'{n}' is not a method"
+            except ValueError as e:
+                why = str(e)
+            raise ProtocolError(f"{why} Nor is it a variant of protocol '{proto['name']}' (variants: "
+                                f"{', '.join(proto['variants']) or 'none'}).")
         # The method's full hyperparameters (cfg defaults with the variant's values over them) are recorded per run, so
         # retuned defaults in cfg/methods/ are noticed instead of silently reusing results of the old ones.
         m = out[n]

@@ -99,6 +99,9 @@ def export(model: str | Path, format: str = "onnx", imgsz: int | None = None, dy
         raise DeployError("format=jetson needs data=<data.yaml>: the INT8 calibration images come from its train split")
     if (val or int8) and data is None:
         raise DeployError(f"{'val=True' if val else 'int8=True'} needs data=<data.yaml>")
+    from yolokd.engine.models import load_model_file
+
+    load_model_file(pt, "model")  # a corrupt or non-detection file fails here, with what is wrong and what to pass
     yolo = YOLO(str(pt))
     size = int(imgsz or (yolo.ckpt or {}).get("train_args", {}).get("imgsz", 640))
     args: dict[str, Any] = dict(format="onnx" if fmt == "jetson" else fmt, imgsz=size, dynamic=dynamic, batch=batch,

@@ -6,6 +6,7 @@ cross-family pairs) is supported without per-architecture tables.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,43 @@ def resolve_model(name: str | Path, role: str) -> str:
     return str(attempt_download_asset(p.name))
 
 
-def detect_head(model: nn.Module) -> nn.Module:
-    """The model's Detect head (last layer); fails clearly for non-detection models."""
+def detect_head(model: nn.Module, what: str = "") -> nn.Module:
+    """The model's Detect head (last layer); fails clearly for non-detection models (``what`` names the model)."""
     from ultralytics.nn.modules.head import Detect
 
     head = model.model[-1] if hasattr(model, "model") else None
     if not isinstance(head, Detect):
-        raise KDConfigError(f"{type(model).__name__} has no Detect head: yolokd distils detection models only")
+        raise KDConfigError(f"{what + ' is a ' if what else ''}{type(model).__name__}{',' if what else ''} which has no "
+                            f"Detect head: yolokd distils and exports detection models only (a YOLO detection checkpoint such as "
+                            f"yolov8n.pt, or the weights/best.pt of a `yolo detect train` run)")
     return head
+
+
+def load_model_file(path: str | Path, role: str) -> nn.Module:
+    """Load the model of a ``.pt`` file, turning unreadable, foreign and non-detection files into clear errors.
+
+    ``torch.save`` writes zip archives whose directory is at the end, so a file cut short (an interrupted copy or
+    download) is recognised before unpickling; anything that then fails to load holds no Ultralytics model.
+    """
+    from ultralytics.nn.tasks import load_checkpoint
+
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise KDConfigError(
+            f"{role}={path} is not a readable PyTorch checkpoint ({path.stat().st_size:,} bytes, not a complete archive "
+            f"as torch.save writes): the file is truncated or corrupted, e.g. an incomplete copy or download. Copy it "
+            f"again, or re-export it from its training run (weights/best.pt)."
+        )
+    try:
+        model = load_checkpoint(str(path))[0]
+    except Exception as e:  # Ultralytics raises TypeError/KeyError/... for files that hold something else
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KDConfigError(
+            f"{role}={path} holds no model Ultralytics can load ({reason}); pass an Ultralytics checkpoint (the "
+            f"weights/best.pt of a `yolo train` run, or official weights such as yolov8n.pt), not a bare state_dict."
+        ) from e
+    detect_head(model, f"{role}={path}")
+    return model
 
 
 def head_channels(model: nn.Module) -> list[int]:
@@ -84,19 +114,32 @@ def is_end2end(model: nn.Module) -> bool:
     return getattr(detect_head(model), "one2one_cv2", None) is not None
 
 
+def student_for_checks(src: str, data: dict[str, Any]) -> nn.Module:
+    """The student as a model to check against the teacher and the data before training starts.
+
+    Ultralytics builds its own copy later (``setup_model``); this one only makes a corrupt file, a non-detection model
+    or a level mismatch fail before any run folder, teacher fine-tune or dataloader exists.
+    """
+    if str(src).endswith((".yaml", ".yml")):
+        from ultralytics.nn.tasks import DetectionModel
+
+        return DetectionModel(src, nc=data["nc"], ch=data.get("channels", 3), verbose=False)
+    return load_model_file(src, "student")
+
+
 def load_teacher(path: str, data: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
     """Load the teacher, freeze it and put it in eval mode.
 
     A ``.pt`` keeps its trained classes (checked against the data by ``check_compatible``); a ``.yaml`` builds a
     randomly initialised teacher for the data's classes (useful for tests and smoke runs only).
     """
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.nn.tasks import DetectionModel
 
     if str(path).endswith((".yaml", ".yml")):
         teacher = DetectionModel(path, nc=data["nc"], ch=data.get("channels", 3), verbose=False)
         teacher.names = dict(data["names"])
     else:
-        teacher = load_checkpoint(path)[0]
+        teacher = load_model_file(path, "teacher")
     teacher = teacher.float().to(device).eval()
     teacher.requires_grad_(False)
     if not is_end2end(teacher):  # fusing a YOLO26 head would drop the one2many branch the scores come from
@@ -142,12 +185,16 @@ def check_compatible(
     ch_data = int(data.get("channels", 3))
     t_ch = int(teacher.yaml.get("channels", 3)) if hasattr(teacher, "yaml") else 3
     if t_ch != ch_data:
-        raise KDConfigError(f"teacher takes {t_ch} input channels but the dataset has {ch_data}")
+        raise KDConfigError(f"teacher takes {t_ch} input channels but the dataset has {ch_data}: use a teacher trained "
+                            f"on {ch_data}-channel images, or set 'channels: {t_ch}' in the data YAML if the images "
+                            f"really have {t_ch}")
     if student is None:
         return
     s_ch = int(student.yaml.get("channels", 3)) if hasattr(student, "yaml") else 3
     if s_ch != ch_data:
-        raise KDConfigError(f"student takes {s_ch} input channels but the dataset has {ch_data}")
+        raise KDConfigError(f"student takes {s_ch} input channels but the dataset has {ch_data}: start the student "
+                            f"from a model YAML (student=yolov8n.yaml builds it for the data's channels) or a "
+                            f"checkpoint trained on {ch_data}-channel images")
     ts, ss = head_strides(teacher), head_strides(student)
     if ts != ss:
         raise KDConfigError(

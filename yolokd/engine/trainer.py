@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 
 from yolokd import __version__
 from yolokd.data import resolve_data
+from yolokd.data.checks import check_labels
 from yolokd.engine.criterion import KDCriterion, NonFiniteKDError
 from yolokd.engine.models import (
     KDConfigError,
@@ -34,9 +36,10 @@ from yolokd.engine.models import (
     head_channels,
     load_teacher,
     resolve_model,
+    student_for_checks,
 )
 from yolokd.engine.spec import DEFAULT_STUDENT, KDSpec, split_overrides
-from yolokd.methods import KDMethod, build_method, canonical_name, get_method
+from yolokd.methods import KDMethod, build_method, canonical_name, check_method, get_method
 from yolokd.utils.offline import prepare_ultralytics
 
 prepare_ultralytics()
@@ -47,6 +50,8 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 #: Column of results.csv with the epoch's mean KD loss divided by its mean detection loss.
 RATIO_KEY = "train/kd_det_ratio"
+#: What Ultralytics writes into a run folder during set-up; a folder holding only these is removed if set-up fails.
+SETUP_FILES = frozenset({"args.yaml", "labels.jpg", "labels_correlogram.jpg"})
 #: Column of results.csv with the number of the epoch's training steps whose KD terms were NaN/Inf (and dropped).
 NONFINITE_KEY = "kd/nonfinite_steps"
 
@@ -79,6 +84,7 @@ class KDTrainer(DetectionTrainer):
             spec = self._spec_for_resume(overrides)
         else:
             spec = split_overrides(overrides)
+            check_method(spec.method, spec.hparams)  # bad values fail now, not after the teacher is loaded
             overrides["data"] = resolve_data(overrides.get("data"))
             overrides.setdefault("model", DEFAULT_STUDENT)
             overrides["model"] = resolve_model(overrides["model"], "student")
@@ -93,12 +99,45 @@ class KDTrainer(DetectionTrainer):
         self.nonfinite_steps = 0  # this epoch's steps with NaN/Inf KD terms
         self.nonfinite_terms: set[str] = set()  # ... and their terms
         self.nonfinite_run: list[tuple[str, ...]] = []  # the current run of consecutive such steps
-        super().__init__(cfg, overrides, _callbacks)
-        for event, fn in (("on_train_epoch_start", _plot_method_maps), ("on_train_epoch_start", _reset_nonfinite),
-                          ("on_train_batch_end", _count_nonfinite)):
-            if fn not in self.callbacks[event]:  # a DDP relaunch brings them along
-                self.add_callback(event, fn)
-        self._prepare_teacher()
+        with self._discard_run_on_error():
+            super().__init__(cfg, overrides, _callbacks)
+            for event, fn in (("on_train_epoch_start", _plot_method_maps), ("on_train_epoch_start", _reset_nonfinite),
+                              ("on_train_batch_end", _count_nonfinite)):
+                if fn not in self.callbacks[event]:  # a DDP relaunch brings them along
+                    self.add_callback(event, fn)
+            self._prepare_teacher()
+
+    @contextmanager
+    def _discard_run_on_error(self):
+        """Remove the run folder Ultralytics created when set-up fails before training wrote anything into it.
+
+        A folder holding only set-up files (``args.yaml``, label plots, an empty ``weights/``) carries nothing a user
+        had; leaving it would only shift the next run's name (``train2``). Anything else is kept.
+        """
+        try:
+            yield
+        except Exception:
+            save_dir = getattr(self, "save_dir", None)
+            if RANK in {-1, 0} and save_dir is not None and Path(save_dir).is_dir():
+                files = [f for f in Path(save_dir).rglob("*") if f.is_file()]
+                if all(f.name in SETUP_FILES and f.parent == Path(save_dir) for f in files):
+                    shutil.rmtree(save_dir, ignore_errors=True)
+            raise
+
+    def get_dataset(self) -> dict[str, Any]:
+        """Ultralytics' dataset check, with a missing or broken dataset reported plainly, then yolokd's label check
+        (``check_labels``: images present, class ids within the data's classes) before any model is loaded."""
+        try:
+            data = super().get_dataset()
+        except RuntimeError as e:
+            cause = e.__cause__ or e
+            raise KDConfigError(
+                f"dataset {self.args.data}: {str(cause).strip()}. Pass data=path/to/data.yaml in YOLO format (train/val "
+                f"image folders, labels/ beside images/, names), or data=synthetic for the built-in scenes."
+            ) from e
+        if RANK in {-1, 0}:
+            check_labels(data, splits=("train", "val"))
+        return data
 
     # ------------------------------------------------------------------ set-up
     @staticmethod
@@ -112,15 +151,27 @@ class KDTrainer(DetectionTrainer):
             raise FileNotFoundError(f"resume checkpoint not found: {resume}")
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         state = ckpt.get("yolokd") or {}
-        if "spec" not in state or "state_dict" not in state:
+        if "spec" not in state:
             raise KDConfigError(
-                f"{path} holds no resumable yolokd state (a finished run, or not a yolokd run): start a new run instead"
+                f"{path} is not a yolokd run (a plain Ultralytics checkpoint, without yolokd's record of teacher and "
+                f"method): resume it with `yolo train resume={path}`, or start a distillation with `yolokd train`"
+            )
+        if "state_dict" not in state or ckpt.get("epoch", -1) == -1:
+            raise KDConfigError(
+                f"{path} is from a run that finished (method={state['spec'].get('method')}); there is nothing to "
+                f"resume. To train longer, start a new run from it: yolokd train student={path} teacher=... epochs=N"
             )
         spec = KDSpec(**state["spec"])
         asked = overrides.pop("method", None)
         if asked is not None and canonical_name(str(asked).strip()) != spec.method:
             raise KDConfigError(f"{path} was trained with method={spec.method}; resume continues it, not method={asked}")
         spec.teacher = overrides.pop("teacher", None) or spec.teacher
+        spec.teacher_epochs = 0  # a fine-tuned teacher is stored as its best.pt: resume uses it as it is
+        if spec.teacher and not str(spec.teacher).endswith((".yaml", ".yml")) and not Path(spec.teacher).exists():
+            raise KDConfigError(
+                f"the run's teacher {spec.teacher} no longer exists (moved or deleted); say where it is now: "
+                f"yolokd train resume={path} teacher=/new/path/to/{Path(spec.teacher).name}"
+            )
         for k in [*spec.hparams, "student", "teacher_epochs"]:
             overrides.pop(k, None)
         return spec
@@ -128,12 +179,20 @@ class KDTrainer(DetectionTrainer):
     def _prepare_teacher(self) -> None:
         """Resolve, optionally fine-tune, load and check the teacher against the data, before any training."""
         cls = get_method(self.kd.method)
+        student = student_for_checks(str(self.args.model), self.data) if not self.resume else None
         if not cls.uses_teacher:
             self.kd.teacher = None  # `none`: the teacher plays no part and is not loaded
             return
         src = resolve_model(self.kd.teacher, "teacher")
         teacher = load_teacher(src, self.data)
-        if not classes_match(teacher, self.data) and self.kd.teacher_epochs > 0 and RANK in {-1, 0}:
+        matches = classes_match(teacher, self.data)
+        if matches and self.kd.teacher_epochs > 0:
+            raise KDConfigError(
+                f"teacher_epochs={self.kd.teacher_epochs}, but the teacher {src} already has the dataset's "
+                f"{len(self.data['names'])} classes {dict(self.data['names'])}: drop teacher_epochs to distil from it as "
+                f"it is, or fine-tune it further yourself first (`yolo train model={src} data=...`)"
+            )
+        if not matches and self.kd.teacher_epochs > 0 and RANK in {-1, 0}:
             from yolokd.engine.teacher import finetune_teacher
 
             best, self.teacher_metrics = finetune_teacher(
@@ -144,7 +203,7 @@ class KDTrainer(DetectionTrainer):
             teacher = load_teacher(src, self.data)
         self.kd.teacher = src
         self.teacher = teacher
-        check_compatible(teacher, self.data, src)  # classes and channels now; strides once the student exists
+        check_compatible(teacher, self.data, src, student)  # before Ultralytics builds anything for training
 
     def setup_model(self):
         """Build the student as Ultralytics does, then the method (restoring its state when resuming)."""
@@ -166,6 +225,21 @@ class KDTrainer(DetectionTrainer):
         if state is None:
             raise KDConfigError("checkpoint has no yolokd method state to restore")
         self.method.load_state_dict(state)
+
+    def resume_training(self, ckpt):
+        """Ultralytics' resume, then drop the results.csv rows of epochs after the checkpoint's.
+
+        A run killed after logging an epoch but before that epoch's checkpoint was in place (e.g. during the save)
+        resumes from the previous checkpoint and trains that epoch again: without this its row would appear twice.
+        """
+        super().resume_training(ckpt)
+        if ckpt and self.resume and RANK in {-1, 0} and self.csv.exists():
+            header, *rows = self.csv.read_text(encoding="utf-8").splitlines(keepends=True)
+            keep = [r for r in rows if _csv_epoch(r) is not None and _csv_epoch(r) <= self.start_epoch]
+            if len(keep) < len(rows):
+                tmp = self.csv.with_name(f".{self.csv.name}.tmp")
+                tmp.write_text("".join([header, *keep]), encoding="utf-8")
+                os.replace(tmp, self.csv)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Ultralytics' optimizer for the student, plus the method's parameters in matching groups.
@@ -196,7 +270,8 @@ class KDTrainer(DetectionTrainer):
 
     def _setup_train(self):
         """Ultralytics' set-up, then the KD criterion on the live student (after the EMA copy was taken)."""
-        super()._setup_train()
+        with self._discard_run_on_error():
+            super()._setup_train()
         student = unwrap_model(self.model)
         det = getattr(student, "criterion", None) or student.init_criterion()
         student.criterion = KDCriterion(det, self.teacher, self.method)
@@ -290,7 +365,7 @@ class KDTrainer(DetectionTrainer):
         wdir, last, best = self.wdir, self.last, self.best
         staging = wdir / ".staging"
         staging.mkdir(parents=True, exist_ok=True)
-        for f in staging.glob("*"):
+        for f in [*staging.glob("*"), *wdir.glob(".*.pt.tmp")]:
             f.unlink()  # leftovers of a killed save
         self.wdir, self.last, self.best = staging, staging / last.name, staging / best.name
         try:
@@ -369,6 +444,14 @@ def _count_nonfinite(trainer: KDTrainer) -> None:
     if isinstance(criterion, KDCriterion):
         dropped, criterion.dropped = criterion.dropped, ()
         trainer.count_nonfinite(dropped)
+
+
+def _csv_epoch(row: str) -> int | None:
+    """The epoch (first column) of a results.csv row; None for a row that does not parse (torn by a kill)."""
+    try:
+        return int(float(row.split(",", 1)[0]))
+    except ValueError:
+        return None
 
 
 def _rewrite(src: Path, dst: Path, state: dict[str, Any]) -> None:

@@ -118,3 +118,12 @@ def build_method(
     if unsupported:
         raise NotImplementedError(f"method '{name}' needs {sorted(unsupported)}, which this trainer does not provide")
     return cls(student_channels, teacher_channels, **resolve_hparams(name, overrides))
+
+
+def check_method(name: str, hparams: dict[str, Any]) -> None:
+    """Fail now on a bad hyperparameter value, by building the method on stand-in channels and dropping it.
+
+    The real method is built once the student exists (``KDTrainer.setup_model``), after the teacher is loaded and the
+    dataloaders are up; each method checks its own values in its constructor, so this reuses exactly those checks.
+    """
+    build_method(name, [64, 128, 256], [128, 256, 512], **hparams)

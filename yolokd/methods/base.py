@@ -13,6 +13,7 @@ terms, and the logged value is that sum divided by the batch size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +47,16 @@ def coefficients(method: str, **values: Any) -> list[float]:
     """Loss coefficients as floats, in the order given; each must be >= 0 (a negative one rewards imitation error)."""
     out = [float(v) for v in values.values()]
     for k, v in zip(values, out):
-        if v < 0:
-            raise ValueError(f"method '{method}': {k} must be >= 0, got {v}")
+        if not 0 <= v < math.inf:  # also refuses NaN
+            raise ValueError(f"method '{method}': {k} must be >= 0, got {values[k]}")
     return out
 
 
-def positive_temperature(method: str, value: Any) -> float:
+def positive_temperature(method: str, value: Any, name: str = "temperature") -> float:
     """A softmax temperature, which must be > 0."""
     t = float(value)
-    if t <= 0:
-        raise ValueError(f"method '{method}': temperature must be > 0, got {t}")
+    if not 0 < t < math.inf:
+        raise ValueError(f"method '{method}': {name} must be > 0, got {value}")
     return t
 
 

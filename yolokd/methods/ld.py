@@ -132,8 +132,8 @@ class LD(KDMethod):
         """Validate the coefficients and temperatures; LD has no trainable parts."""
         super().__init__(student_channels, teacher_channels)
         self.box_weight, self.cls_weight = coefficients(self.name, box_weight=box_weight, cls_weight=cls_weight)
-        self.box_temperature = positive_temperature(self.name, box_temperature)
-        self.cls_temperature = positive_temperature(self.name, cls_temperature)
+        self.box_temperature = positive_temperature(self.name, box_temperature, "box_temperature")
+        self.cls_temperature = positive_temperature(self.name, cls_temperature, "cls_temperature")
 
     def box_terms(self, student: Tensor, teacher: Tensor, assigned: Assignment, strides: Tensor,
                   img_hw: tuple[int, int]) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from yolokd.methods.base import KDBatch, KDMethod
+from yolokd.methods.base import KDBatch, KDMethod, coefficients
 from yolokd.nn.connectors import build_connectors
 
 
@@ -26,7 +26,7 @@ class Mimic(KDMethod):
     def __init__(self, student_channels: list[int], teacher_channels: list[int], weight: float) -> None:
         """Build one always-trainable 1x1 connector per level (FitNet's regressor)."""
         super().__init__(student_channels, teacher_channels)
-        self.weight = float(weight)
+        (self.weight,) = coefficients(self.name, weight=weight)
         self.connectors = build_connectors("conv1x1_always", student_channels, teacher_channels)
 
     def forward(self, kd: KDBatch) -> dict[str, Tensor]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from yolokd.methods.base import KDBatch, KDMethod
+from yolokd.methods.base import KDBatch, KDMethod, coefficients
 from yolokd.nn.connectors import build_connectors
 
 
@@ -40,7 +40,7 @@ class UltralyticsSL2(KDMethod):
     def __init__(self, student_channels: list[int], teacher_channels: list[int], dis_weight: float) -> None:
         """Build Ultralytics' projector (1x1 conv, ReLU, 1x1 conv) per level."""
         super().__init__(student_channels, teacher_channels)
-        self.dis_weight = float(dis_weight)
+        (self.dis_weight,) = coefficients(self.name, dis_weight=dis_weight)
         self.connectors = build_connectors("mlp", student_channels, teacher_channels)
 
     def forward(self, kd: KDBatch) -> dict[str, Tensor]:
