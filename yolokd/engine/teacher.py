@@ -83,6 +83,7 @@ def _finetune_locked(teacher: str, data: str, epochs: int, imgsz: int, batch: in
         LOGGER.info(f"yolokd: reusing fine-tuned teacher {best} (mAP50-95 {info['metrics'].get('metrics/mAP50-95(B)', 0):.3f})")
         return best, info["metrics"]
     LOGGER.info(f"yolokd: fine-tuning teacher {teacher} on {data} for {epochs} epochs -> {out}")
+    marker.unlink(missing_ok=True)  # a stale marker (its best.pt gone) must not vouch for a best.pt being rewritten
     overrides = dict(model=teacher, data=data, epochs=int(epochs), imgsz=imgsz, batch=batch, seed=seed, workers=workers,
                      project=str(out.parent), name=out.name, exist_ok=True, plots=False, **extra)
     if device is not None:
