@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from conftest import load_without_yolokd, make_trainer, shared_file
+from conftest import TINY, load_without_yolokd, make_trainer, shared_file
 from yolokd.engine.models import KDConfigError, head_channels
 from yolokd.methods import canonical_name
 from yolokd.methods.compose import Composite
@@ -254,3 +254,22 @@ def test_teacher_with_same_count_but_other_names_is_fine_tuned_too(tmp_path, tin
         make_trainer(tmp_path, tiny_data, teacher=str(tmp_path / "other.pt"))
     tr = make_trainer(tmp_path, tiny_data, teacher=str(tmp_path / "other.pt"), teacher_epochs=1)
     assert tr.teacher.names == {0: "car", 1: "pedestrian", 2: "cyclist"}
+
+
+def test_kd_set_up_draws_nothing_from_the_run_s_random_streams(tmp_path, tiny_data):
+    """A seed fixes a run only if yolokd's checks between Ultralytics' ``init_seeds`` and training (teacher and student
+    loading, the label check, ...) take no draw from Python's, NumPy's or torch's generator: one ``random.sample`` in
+    the label check once shifted every later run's augmentation stream. Compared with a plain DetectionTrainer."""
+    import random
+
+    import numpy as np
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    args = dict(TINY, model="yolov8n.yaml", data=tiny_data, project=str(tmp_path), exist_ok=True)
+    DetectionTrainer(overrides=dict(args, name="plain"))
+    plain = draws()
+    make_trainer(tmp_path, tiny_data, name="kd", method="fgd")
+    assert draws() == plain

@@ -8,6 +8,8 @@ the split, the files and the fix. Image and label paths are found with Ultralyti
 
 from __future__ import annotations
 
+import random
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterable
@@ -37,7 +39,8 @@ def check_labels(data: dict[str, Any], splits: Iterable[str] = ("train", "val"))
         if not src:
             continue
         try:  # Ultralytics' own image listing (folders, .txt lists, lists of either)
-            images = BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0), src)
+            with _random_untouched():  # it samples files with `random` to time reads
+                images = BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0), src)
         except FileNotFoundError as e:
             raise KDConfigError(
                 f"dataset {split} split: no images found in {src}. Put the {split} images there (jpg, png, ...; "
@@ -80,6 +83,18 @@ def check_labels(data: dict[str, Any], splits: Iterable[str] = ("train", "val"))
                 f"dataset {split} split: {len(malformed)} label file(s) are not YOLO labels (class x y w h per line): "
                 f"{', '.join(malformed[:SHOWN])}{' ...' if len(malformed) > SHOWN else ''}"
             )
+
+
+@contextmanager
+def _random_untouched():
+    """Restore Python's ``random`` state afterwards: the check runs after Ultralytics seeded the run (``init_seeds``),
+    and a draw here would shift the run's augmentation stream, so the same seed would no longer give the same run as
+    before the check existed."""
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def _listed(names: Any, k: int = 5) -> str:

@@ -118,12 +118,15 @@ def student_for_checks(src: str, data: dict[str, Any]) -> nn.Module:
     """The student as a model to check against the teacher and the data before training starts.
 
     Ultralytics builds its own copy later (``setup_model``); this one only makes a corrupt file, a non-detection model
-    or a level mismatch fail before any run folder, teacher fine-tune or dataloader exists.
+    or a level mismatch fail before any run folder, teacher fine-tune or dataloader exists. It runs after Ultralytics
+    seeded the run, so building it must not draw from torch's generator: the real student's initialisation (and with it
+    the meaning of ``seed=``) stays what it is without yolokd's checks.
     """
     if str(src).endswith((".yaml", ".yml")):
         from ultralytics.nn.tasks import DetectionModel
 
-        return DetectionModel(src, nc=data["nc"], ch=data.get("channels", 3), verbose=False)
+        with torch.random.fork_rng(devices=[]):  # random init; the run's seeded stream must not move (see below)
+            return DetectionModel(src, nc=data["nc"], ch=data.get("channels", 3), verbose=False)
     return load_model_file(src, "student")
 
 
@@ -136,7 +139,8 @@ def load_teacher(path: str, data: dict[str, Any], device: torch.device | str = "
     from ultralytics.nn.tasks import DetectionModel
 
     if str(path).endswith((".yaml", ".yml")):
-        teacher = DetectionModel(path, nc=data["nc"], ch=data.get("channels", 3), verbose=False)
+        with torch.random.fork_rng(devices=[]):  # leave the run's seeded stream to the student (student_for_checks)
+            teacher = DetectionModel(path, nc=data["nc"], ch=data.get("channels", 3), verbose=False)
         teacher.names = dict(data["names"])
     else:
         teacher = load_model_file(path, "teacher")
