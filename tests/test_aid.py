@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from test_fgd import CS, CT, SIZES, _batch, _feats, _randomise_gcblocks
+from test_fgd import CS, CT, FULL_FGD, SIZES, _batch, _feats, _randomise_gcblocks
 from test_gkd import _detector
 from yolokd.engine.criterion import KDCriterion
 from yolokd.engine.models import head_channels
@@ -116,7 +116,7 @@ def test_the_criterion_gives_the_teachers_own_losses_not_the_students():
 def test_combinations_run_through_the_criterion_on_real_models(name):
     teacher = _detector(1, "yolov8s.yaml").eval().requires_grad_(False)
     student = _detector(0).train()
-    method = build_method(name, head_channels(student), head_channels(teacher))
+    method = build_method(name, head_channels(student), head_channels(teacher), **_full(name))
     student.criterion = KDCriterion(student.init_criterion(), teacher, method)
     loss, items = student.loss(_labelled_batch())
     assert loss.shape[0] == 3 + len(method.term_names) and torch.isfinite(loss).all()
@@ -218,9 +218,14 @@ def _object_losses(batch, d_per_box, n_images):
                           level_sizes=[h * w for h, w in SIZES])
 
 
+def _full(name: str) -> dict:
+    """Every FGD term on when ``fgd`` is a part (its defaults keep the foreground term only)."""
+    return {f"fgd.{k}": v for k, v in FULL_FGD.items()} if "fgd" in name.split("+") else {}
+
+
 def _composed(name, **kw):
     torch.manual_seed(0)
-    m = build_method(name, CS, CT, **kw)
+    m = build_method(name, CS, CT, **{**_full(name), **kw})
     if hasattr(m, "fgd"):
         _randomise_gcblocks(m.fgd)
     return m

@@ -220,6 +220,28 @@ def test_retuned_method_defaults_do_not_reuse_the_old_result(tmp_path, monkeypat
     assert _Job(run, {**job, "hparams": new["hparams"]}).finished_result() == {"final_mAP50-95": 0.12}
 
 
+def test_a_run_is_its_resolved_hyperparameters_not_how_the_variant_spelled_them(tmp_path):
+    """A variant that wrote values out (`fgd-fg`) and defaults that later say the same are one job; a changed training
+    argument or value is still refused."""
+    import json
+
+    from yolokd.bench.protocol import ProtocolError
+    from yolokd.bench.runner import _Job
+
+    hp = {"alpha": 2e-3, "beta": 0.0, "use_global": False}
+    run = tmp_path / "fgd-fg-s0"
+    run.mkdir()
+    (run / "job.json").write_text(json.dumps({"kind": "train", "method": "fgd", "args": {**hp, "lr0": 1e-3},
+                                              "hparams": hp}))
+    (run / "result.json").write_text(json.dumps({"final_mAP50-95": 0.5}))
+    spelled_out = {"kind": "train", "method": "fgd", "args": {"alpha": 0.002, "lr0": 1e-3}, "hparams": hp}
+    assert _Job(run, spelled_out).finished_result() == {"final_mAP50-95": 0.5}
+    with pytest.raises(ProtocolError, match="args"):  # a training argument is not a hyperparameter: compared as is
+        _Job(run, {**spelled_out, "args": {"lr0": 2e-3}}).finished_result()
+    with pytest.raises(ProtocolError, match="hparams"):
+        _Job(run, {**spelled_out, "hparams": {**hp, "alpha": 4e-3}}).finished_result()
+
+
 def test_parallel_jobs_run_side_by_side_and_teacher_free_entries_do_not_wait(tiny_data, tmp_path):
     """jobs=2: two jobs train at once (both start before either ends), `none` starts while the teacher trains, a KD
     entry only after it; all are tabulated and their timings marked as taken in parallel; a rerun of the same job

@@ -236,9 +236,14 @@ def _randomise_gcblocks(m: FGD, seed=7):
                 p.copy_(0.3 * torch.randn(p.shape, generator=g) + (1.0 if name.endswith("transform.1.weight") else 0.0))
 
 
+#: The paper's full FGD (YOLOX-branch values): every term on. FGD's shipped defaults keep the foreground term only
+#: (cfg/methods/fgd.yaml), which would leave most of what these tests check at zero.
+FULL_FGD = dict(beta=1e-3, gamma=1e-3, lambda_global=1e-5, use_global=True)
+
+
 def _build(**kw):
     torch.manual_seed(0)
-    return build_method("fgd", CS, CT, **kw)
+    return build_method("fgd", CS, CT, **{**FULL_FGD, **kw})
 
 
 # --------------------------------------------------------------------------------------------- loss vs naive loops
@@ -357,9 +362,10 @@ def test_hyperparameters_come_from_the_yaml_and_are_overridable():
     d = method_defaults("fgd")
     assert set(d) == {"alpha", "beta", "gamma", "lambda_global", "temperature", "use_focal", "use_attention",
                       "use_global"}
-    m = _build()
-    assert (m.alpha, m.beta, m.gamma, m.lambda_global, m.temperature) == (
-        d["alpha"], d["beta"], d["gamma"], d["lambda_global"], d["temperature"])
+    m = build_method("fgd", CS, CT)
+    assert (m.alpha, m.beta, m.gamma, m.lambda_global, m.temperature, m.use_global) == (
+        d["alpha"], d["beta"], d["gamma"], d["lambda_global"], d["temperature"], d["use_global"])
+    assert any(n.startswith("gc_") for n, _ in m.named_parameters()) == d["use_global"]  # GcBlocks only with it
     kd = KDBatch(_feats(CS, 4, 1), _feats(CT, 4, 2), _batch())
     base = _build(alpha=1.0, beta=1.0)(kd)
     scaled = _build(alpha="3", beta=0.5)(kd)  # strings are cast to the default's type

@@ -12,6 +12,7 @@ inference process, and of an idle interpreter with torch and Ultralytics importe
     python tools/bench_speed.py --memory              # peak RSS rows and the 1.10 criterion
     python tools/bench_speed.py --rounds 30 --json out.json
     python tools/bench_speed.py --methods none,fgd,gkd --vs fgd   # also each row / the fgd row (issue criteria)
+    python tools/bench_speed.py --methods none,fgd,gkd,gkd:grad_path=direct --vs fgd   # a row with hyperparameters
 """
 
 from __future__ import annotations
@@ -35,16 +36,28 @@ import yolokd  # noqa: E402,F401
 METHODS = ("none", "mimic", "ultralytics", "fgd")  # default rows; "none" is always first: the reference of the ratios
 
 
-def setup(method: str, teacher: str, student: str, data: str, imgsz: int, batch: int, tmp: str):
-    """A KD trainer with everything set up for training, but no loop started."""
+def parse_row(row: str) -> tuple[str, dict[str, str]]:
+    """``"gkd:grad_path=direct:bmfi=false"`` -> ``("gkd", {"grad_path": "direct", "bmfi": "false"})``: a row is a method
+    with optional hyperparameters (cast and checked by the method, like a CLI value)."""
+    method, *pairs = row.split(":")
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise SystemExit(f"row {row!r}: expected method:key=value[:key=value...], got {bad[0]!r}")
+    return method, dict(p.split("=", 1) for p in pairs)
+
+
+def setup(row: str, teacher: str, student: str, data: str, imgsz: int, batch: int, tmp: str):
+    """A KD trainer for ``row`` (a method, optionally ``:key=value`` hyperparameters), set up but not started."""
     import torch
 
     from yolokd.engine.trainer import KDTrainer
 
+    method, hparams = parse_row(row)
     torch.manual_seed(0)
     tr = KDTrainer(overrides=dict(teacher=teacher, student=student, method=method, data=data, imgsz=imgsz,
                                   batch=batch, workers=0, device="cpu", plots=False, val=False, project=tmp,
-                                  name=method, exist_ok=True, amp=False, nbs=batch, warmup_epochs=0))
+                                  name=row.replace(":", "_"), exist_ok=True, amp=False, nbs=batch, warmup_epochs=0,
+                                  **hparams))
     tr._setup_train()
     tr.model.train()
     return tr

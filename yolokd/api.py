@@ -23,7 +23,7 @@ class YoloKD:
             ``aid={"alpha": 0.2}``, ``**{"aid.alpha": 0.2}``, or a bare name only one part has (``granularity=...``).
 
     Examples:
-        >>> kd = YoloKD(teacher="teacher.pt", student="yolov8n.pt", method="mimic", weight=1.0)
+        >>> kd = YoloKD(teacher="teacher.pt", student="yolov8n.pt", method="fgd", alpha=2e-3)
         >>> kd = YoloKD(teacher="teacher.pt", method="fgd+aid", fgd={"alpha": 1e-3}, aid={"alpha": 0.2})
         >>> metrics = kd.train(data="kitti.yaml", epochs=100, imgsz=640)
         >>> kd.final_metrics["metrics/mAP50-95(B)"], metrics["metrics/mAP50-95(B)"]

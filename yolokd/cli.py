@@ -1,6 +1,6 @@
 """The ``yolokd`` command: Ultralytics-style ``key=value`` arguments.
 
-    yolokd train teacher=teacher.pt student=yolov8n.yaml method=mimic data=kitti.yaml epochs=100 imgsz=640
+    yolokd train teacher=teacher.pt student=yolov8n.yaml method=fgd data=kitti.yaml epochs=100 imgsz=640
     yolokd val model=runs/detect/train/weights/best.pt data=kitti.yaml
     yolokd export model=runs/detect/train format=onnx
     yolokd convert kitti src=KITTI/training dst=datasets/kitti policy=merge
@@ -29,7 +29,7 @@ HELP = f"""yolokd {yolokd.__version__}: knowledge distillation for Ultralytics Y
 Usage: yolokd MODE key=value ...
 
 Modes:
-  train    Distil a student:  yolokd train teacher=T.pt student=yolov8n.yaml method=mimic data=data.yaml [epochs=..]
+  train    Distil a student:  yolokd train teacher=T.pt student=yolov8n.yaml method=fgd data=data.yaml [epochs=..]
            Takes every Ultralytics train argument, plus:
              teacher=         teacher checkpoint (.pt) trained on the data's classes (or a .yaml: random weights)
              student=         student checkpoint or model YAML (default yolov8n.yaml)

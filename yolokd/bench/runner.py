@@ -71,6 +71,13 @@ def slots(jobs: int, device: str | None = None, threads: int | None = None) -> l
     return [{"device": d, "threads": t} for d in dev]
 
 
+def _train_args(method: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A variant's arguments without its method hyperparameters (those are compared resolved, as ``hparams``)."""
+    from yolokd.methods import is_hyperparameter
+
+    return {k: v for k, v in args.items() if not is_hyperparameter(method, k)}
+
+
 class _Job:
     """One (teacher | student-init | method, seed) job: its folder, its description and whether it needs the teacher."""
 
@@ -90,10 +97,17 @@ class _Job:
             return None
         old = json.loads((self.folder / "job.json").read_text())
         # A variant redefined under the same name, or a method whose cfg defaults changed, must not reuse the old
-        # result. Runs written before hyperparameters were recorded carry no "hparams" and are checked on the rest.
+        # result. A run is its method, its resolved hyperparameters and its training arguments: how a variant spells
+        # the hyperparameters (written out, or left to defaults that now say the same) does not matter. Runs written
+        # before hyperparameters were recorded carry no "hparams" and are checked on method and args as written.
         for k in ("method", "args", "hparams"):
-            if k in self.spec and (k in old or k != "hparams") and old.get(k) != self.spec[k]:
-                raise ProtocolError(f"{self.name} was run with {k}={old.get(k)}, the protocol now says {self.spec[k]}: "
+            if k not in self.spec or (k == "hparams" and k not in old):
+                continue
+            was, now = old.get(k), self.spec[k]
+            if k == "args" and "hparams" in old and "hparams" in self.spec:
+                was, now = (_train_args(self.spec["method"], a or {}) for a in (was, now))
+            if was != now:
+                raise ProtocolError(f"{self.name} was run with {k}={was}, the protocol now says {now}: "
                                     f"give the new definition another name, or delete {self.folder} to replace the result")
         return json.loads(result.read_text())
 

@@ -17,7 +17,7 @@ from yolokd.methods import canonical_name, get_method, is_hyperparameter, method
 
 #: yolokd's own keys, accepted next to every Ultralytics train argument and the method's hyperparameters.
 KD_KEYS = ("teacher", "student", "method", "teacher_epochs")
-DEFAULT_METHOD = "mimic"
+DEFAULT_METHOD = "fgd"  # the best method as measured (docs/benchmarks.md, synthetic-ft); cfg/methods/fgd.yaml says how
 DEFAULT_STUDENT = "yolov8n.yaml"
 
 

@@ -63,7 +63,7 @@ class KDTrainer(DetectionTrainer):
     ``teacher_epochs`` and the method's hyperparameters (see ``yolokd methods``).
 
     Examples:
-        >>> trainer = KDTrainer(overrides=dict(teacher="teacher.pt", student="yolov8n.yaml", method="mimic",
+        >>> trainer = KDTrainer(overrides=dict(teacher="teacher.pt", student="yolov8n.yaml", method="fgd",
         ...                                    data="kitti.yaml", epochs=100))
         >>> trainer.train()
 
