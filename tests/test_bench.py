@@ -323,3 +323,23 @@ def test_plateau_and_curves_against_hand_values(tmp_path):
     run.mkdir()
     (run / "results.csv").write_text("epoch,  metrics/mAP50-95(B)\n1,0.25\n2,0.5\n")
     assert epoch_curves([{"entry": "none", "seed": 0, "run_dir": str(run)}]) == {"none": {"0": [0.25, 0.5]}}
+
+
+def test_the_default_method_is_the_best_measured_one_on_the_long_protocol():
+    """`method=`'s default (and so the demo's distilled row) is the method, at its shipped defaults, with the largest
+    mean gain over the plain student among those run on every seed of synthetic-ft, and it is ahead on every seed. A
+    new measurement that changes the ranking fails here until the default follows it."""
+    import csv
+
+    from conftest import REPO
+    from yolokd.engine.spec import DEFAULT_METHOD
+    from yolokd.methods import METHODS
+
+    with open(REPO / "docs" / "bench" / "synthetic-ft-v1" / "summary.csv") as f:
+        rows = {r["entry"]: r for r in csv.DictReader(f)}
+    full = int(rows["none"]["n_seeds"])
+    candidates = {e: float(r["delta_vs_none"]) for e, r in rows.items()
+                  if e in METHODS and e != "none" and int(r["n_seeds"]) == full}
+    assert DEFAULT_METHOD in candidates, f"{DEFAULT_METHOD} has not been run on all {full} seeds of synthetic-ft"
+    assert max(candidates, key=candidates.get) == DEFAULT_METHOD, candidates
+    assert rows[DEFAULT_METHOD]["delta_vs_none_wins"] == f"{full}/{full}"
