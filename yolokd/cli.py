@@ -97,12 +97,14 @@ def _value(v: str) -> Any:
 def cmd_methods() -> None:
     """Print every registered method and modifier with its docstring, loss terms and hyperparameters, and the rules
     for combining them (``yolokd.methods.compose``)."""
+    from yolokd.engine.spec import DEFAULT_METHOD
     from yolokd.methods import METHODS, MODIFIERS, method_defaults
     from yolokd.methods.compose import describe_forms
 
     for name, cls in METHODS.items():
         terms = ", ".join(f"{t}_loss" for t in cls.term_names) or "(no KD term)"
-        _describe(name, cls, f"logged terms: {terms}", method_defaults(name))
+        label = f"{name} (default: the best as measured, docs/benchmarks.md)" if name == DEFAULT_METHOD else name
+        _describe(label, cls, f"logged terms: {terms}", method_defaults(name))
     print("\nModifiers (combined with methods: they reweight the methods' terms and add none of their own)")
     for name, cls in MODIFIERS.items():
         alone = f"; alone, method={name} is method={cls.base}+{name}" if cls.base else ""
