@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +59,33 @@ def test_bench_runs_tabulates_and_resumes(tiny_data, tmp_path):
     third = run_bench(proto, methods=["none", "mimic"], seeds=[0], project=tmp_path, log=lambda s: None)
     assert third["ran"] == ["mimic-s0"]
 
+    # Round trip through the repository's copies: collect them (tools/collect_bench.sh), lose runs/bench (a fresh
+    # machine), restore (tools/restore_bench.py): the harness re-runs nothing and tabulates the same runs.
+    repo = Path(__file__).resolve().parents[1]
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone / "runs" / "bench" / out.name)
+    subprocess.run(["sh", str(repo / "tools" / "collect_bench.sh"), out.name], cwd=clone, check=True,
+                   capture_output=True)
+    shutil.rmtree(clone / "runs")
+    subprocess.run([sys.executable, str(repo / "tools" / "restore_bench.py"), out.name], cwd=clone, check=True,
+                   capture_output=True)
+    job = json.loads((clone / "runs" / "bench" / out.name / "runs" / "mimic-s0" / "job.json").read_text())
+    assert job["restored"].startswith(f"from docs/bench/{out.name} on ")
+    back = run_bench(proto, methods=["none", "mimic"], seeds=[0], project=clone / "runs" / "bench", log=lambda s: None)
+    # No student is re-trained. The teacher is re-validated: this one is built from yolov8s.yaml (epochs 0), so it has no
+    # weights file, and a teacher result is restored only with its weights (test_restore_keeps_a_teacher_only_...).
+    assert back["ran"] == ["teacher"]
+
+    def rows(folder):
+        return [{k: v for k, v in r.items() if k != "run_dir"} for r in csv.DictReader(open(folder / "results.csv"))]
+
+    assert rows(back["out"]) == rows(out) and len(rows(out)) == 2
+    # A run that has a result is never overwritten by a restore.
+    (back["out"] / "runs" / "none-s0" / "result.json").write_text('{"edited": 1}')
+    subprocess.run([sys.executable, str(repo / "tools" / "restore_bench.py"), out.name], cwd=clone, check=True,
+                   capture_output=True)
+    assert (back["out"] / "runs" / "none-s0" / "result.json").read_text() == '{"edited": 1}'
+
     # Editing the protocol without bumping its version is refused rather than mixed into the same table.
     changed = _tiny_protocol(tiny_data)
     changed["train"]["imgsz"] = 96
@@ -62,6 +93,32 @@ def test_bench_runs_tabulates_and_resumes(tiny_data, tmp_path):
 
     with pytest.raises(ProtocolError, match="bump its 'version'"):
         run_bench(changed, methods=["none"], project=tmp_path, log=lambda s: None)
+
+
+def test_restore_keeps_a_teacher_only_with_its_weights_and_skips_incomplete_runs(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from restore_bench import restore
+
+    docs = tmp_path / "docs" / "p-v1"
+    docs.mkdir(parents=True)
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"w")
+    (docs / "teacher.json").write_text(json.dumps({"weights": str(weights), "mAP50": 0.7}))
+    (docs / "run-fgd-x0.3-s1.json").write_text('{"final_mAP50": 0.6}')
+    (docs / "run-fgd-x0.3-s1.job.json").write_text('{"entry": "fgd-x0.3", "seed": 1}')
+    (docs / "run-ld-s0.json").write_text('{"final_mAP50": 0.5}')  # no job file: not a run the harness can check
+    logs: list[str] = []
+    assert restore("p-v1", tmp_path / "docs", tmp_path / "runs", log=logs.append) == ["fgd-x0.3-s1"]
+    out = tmp_path / "runs" / "p-v1"
+    assert json.loads((out / "teacher" / "result.json").read_text())["mAP50"] == 0.7
+    assert sorted(p.name for p in (out / "runs" / "fgd-x0.3-s1").iterdir()) == ["job.json", "result.json"]
+    assert not (out / "runs" / "ld-s0").exists() and any("ld-s0" in m for m in logs)
+
+    weights.unlink()  # on another machine the teacher cache is empty: its result must not be restored
+    shutil.rmtree(tmp_path / "runs")
+    logs.clear()
+    restore("p-v1", tmp_path / "docs", tmp_path / "runs", log=logs.append)
+    assert not (out / "teacher" / "result.json").exists() and any("not on this machine" in m for m in logs)
 
 
 def test_summarise_against_hand_values():

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Copy a protocol's result files (not the training runs) from runs/bench into docs/bench, so every number in
 # docs/benchmarks.md points to a file in the repository:  sh tools/collect_bench.sh synthetic-v1 [kitti-1k-v1 ...]
+# The inverse (a fresh machine resumes from the committed runs): python tools/restore_bench.py synthetic-v1 ...
 set -e
 for p in "$@"; do
   src=runs/bench/$p; dst=docs/bench/$p
