@@ -44,10 +44,15 @@ def test_bench_runs_tabulates_and_resumes(tiny_data, tmp_path):
     assert float(runs[1]["final_mAP50-95"]) == pytest.approx(float(ul[-1]["metrics/mAP50-95(B)"].strip()))
     md = (out / "summary.md").read_text()
     assert "tiny v1" in md and "yolokd bench protocol=tiny methods=none,mimic seeds=0" in md
-    assert md.count("\n| none |") == 1 and md.count("\n| mimic |") == 1
+    main_table = md.split("Paired Δ")[0]
+    assert main_table.count("\n| none |") == 1 and main_table.count("\n| mimic |") == 1
     assert (out / "summary.png").stat().st_size > 0 and (out / "recipe.yaml").exists()
     summary = list(csv.DictReader(open(out / "summary.csv")))
     assert float(summary[0]["delta_vs_none"]) == 0.0
+    deltas = list(csv.DictReader(open(out / "epoch_deltas.csv")))  # 1 epoch: the final delta again, from the curves
+    assert [(r["entry"], r["epoch"]) for r in deltas] == [("mimic", "1")]
+    assert float(deltas[0]["delta"]) == pytest.approx(float(runs[1]["final_mAP50-95"]) - float(runs[0]["final_mAP50-95"]))
+    assert "Paired Δ mAP50-95 vs none by epoch" in md
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
     again = run_bench(proto, methods=["none", "mimic"], seeds=[0], project=tmp_path, log=lambda s: None)
@@ -380,6 +385,28 @@ def test_plateau_and_curves_against_hand_values(tmp_path):
     run.mkdir()
     (run / "results.csv").write_text("epoch,  metrics/mAP50-95(B)\n1,0.25\n2,0.5\n")
     assert epoch_curves([{"entry": "none", "seed": 0, "run_dir": str(run)}]) == {"none": {"0": [0.25, 0.5]}}
+
+
+def test_epoch_deltas_are_paired_by_seed_against_hand_values(tmp_path):
+    from yolokd.bench.report import epoch_deltas, epoch_deltas_markdown
+
+    def run(entry, seed, curve):
+        d = tmp_path / f"{entry}-s{seed}"
+        d.mkdir()
+        (d / "results.csv").write_text("epoch,  metrics/mAP50(B)\n" + "".join(f"{i},{v}\n" for i, v in enumerate(curve)))
+        return {"entry": entry, "seed": seed, "run_dir": str(d)}
+
+    runs = [run("none", 0, [0.100, 0.200, 0.300]), run("none", 1, [0.125, 0.250, 0.375]),
+            run("fgd", 0, [0.075, 0.250, 0.3125]), run("fgd", 1, [0.125, 0.250, 0.375, 0.5]),  # a longer run: cut
+            run("cwd", 2, [0.5, 0.5, 0.5])]  # no seed in common with none: left out
+    d = epoch_deltas(runs, "mAP50")
+    assert list(d) == ["fgd"]
+    assert [r["epoch"] for r in d["fgd"]] == [1, 2, 3] and {r["n_seeds"] for r in d["fgd"]} == {2}
+    assert [r["delta"] for r in d["fgd"]] == pytest.approx([-0.0125, 0.025, 0.00625])  # means of (-.025, 0), (.05, 0)...
+    assert d["fgd"][1]["delta_std"] == pytest.approx(math.sqrt(2 * 0.025**2))  # stdev of (0.05, 0.0)
+    assert [r["wins"] for r in d["fgd"]] == ["0/2", "1/2", "1/2"]
+    md = epoch_deltas_markdown(d, "mAP50")
+    assert "| fgd | 2 | -0.013 | +0.025 | +0.006 | +0.025 (2) |" in md  # epochs 1, 2, 3 (a quarter rounds to 1)
 
 
 def test_the_default_method_is_the_best_measured_one_on_the_long_protocol():

@@ -173,6 +173,68 @@ def epoch_curves(runs: list[dict[str, Any]], column: str = "metrics/mAP50-95(B)"
     return out
 
 
+def epoch_deltas(runs: list[dict[str, Any]], metric: str, base: str = "none") -> dict[str, list[dict[str, Any]]]:
+    """Per entry and epoch: the validation delta to ``base``, paired by seed like the final-epoch deltas.
+
+    A final-epoch gain alone cannot tell a method that ends better from one that only got there sooner on a schedule
+    that stops early; the paired curve of deltas shows whether a gain grows, holds or fades as the student converges.
+
+    Args:
+        runs: Per-run results with ``run_dir`` (their Ultralytics results.csv holds the curves).
+        metric: ``mAP50-95`` or ``mAP50``.
+        base: The reference entry.
+
+    Returns:
+        ``{entry: [{"epoch", "delta", "delta_std", "n_seeds", "wins"}, ...]}`` over the seeds both entries have and the
+        epochs all of those runs reached; entries without a curve, or without a seed in common with ``base``, are left
+        out (so is ``base``).
+    """
+    curves = epoch_curves(runs, f"metrics/{metric}(B)")
+    ref = curves.get(base, {})
+    out: dict[str, list[dict[str, Any]]] = {}
+    for entry, by_seed in curves.items():
+        shared = [s for s in by_seed if s in ref and entry != base]
+        if not shared:
+            continue
+        n = min(min(len(by_seed[s]), len(ref[s])) for s in shared)
+        rows = []
+        for e in range(n):
+            diffs = [by_seed[s][e] - ref[s][e] for s in shared]
+            mean, std = _mean_std(diffs)
+            rows.append({"epoch": e + 1, "delta": mean, "delta_std": std, "n_seeds": len(diffs),
+                         "wins": f"{sum(d > 0 for d in diffs)}/{len(diffs)}"})
+        out[entry] = rows
+    return out
+
+
+def write_epoch_deltas_csv(path: Path, deltas: dict[str, list[dict[str, Any]]]) -> None:
+    """The paired per-epoch deltas, one row per entry and epoch."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["entry", "epoch", "delta", "delta_std", "n_seeds", "wins"])
+        w.writeheader()
+        for entry, rows in deltas.items():
+            w.writerows({"entry": entry, **r} for r in rows)
+
+
+def epoch_deltas_markdown(deltas: dict[str, list[dict[str, Any]]], metric: str, base: str = "none") -> str:
+    """A short table of the paired deltas at a quarter, half, three quarters and the end of training, and the peak."""
+    if not deltas:
+        return ""
+    n = max(len(r) for r in deltas.values())
+    marks = sorted({max(1, round(n * q)) for q in (0.25, 0.5, 0.75, 1.0)})
+    lines = [f"Paired Δ {metric} vs {base} by epoch (mean over the seeds both have; all epochs in epoch_deltas.csv): "
+             "a gain that fades towards the end is partly faster convergence.", "",
+             "| entry | seeds | " + " | ".join(f"epoch {m}" for m in marks) + " | peak (epoch) |",
+             "|---|---|" + "---|" * (len(marks) + 1)]
+    for entry, rows in deltas.items():
+        at = {r["epoch"]: r for r in rows}
+        peak = max(rows, key=lambda r: r["delta"])
+        cells = [_f(at[m]["delta"], sign=True) if m in at else "-" for m in marks]
+        lines.append(f"| {entry} | {rows[0]['n_seeds']} | " + " | ".join(cells)
+                     + f" | {_f(peak['delta'], sign=True)} ({peak['epoch']}) |")
+    return "\n".join(lines) + "\n"
+
+
 def plateau(curve: list[float]) -> float:
     """Change of a curve over its last quarter of epochs (last value minus the value a quarter from the end).
 

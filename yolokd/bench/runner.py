@@ -282,6 +282,10 @@ def _tabulate(out: Path, proto: dict[str, Any], rec: dict[str, Any], h: str, nam
     info = {"recipe": rec, "hash": h, "teacher": teacher, "student_init": init, "headline": head, "command": cmd,
             "out": _display(out)}
     md = report.markdown(rows, info)
+    deltas = report.epoch_deltas(runs, proto["metric"])
+    if deltas:
+        md += "\n" + report.epoch_deltas_markdown(deltas, proto["metric"])
+        report.write_epoch_deltas_csv(out / "epoch_deltas.csv", deltas)
     report.write_runs_csv(out / "results.csv", runs)
     report.write_summary_csv(out / "summary.csv", rows)
     (out / "summary.md").write_text(md)
