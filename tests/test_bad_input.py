@@ -82,6 +82,10 @@ CASES = [
          (r"strides \[8, 16, 32, 64\] differ from the student's \[8, 16, 32\]", r"same detection levels")),
     Case("teacher-epochs-not-needed", "teacher_epochs= with a teacher that already matches the data",
          train("teacher_epochs=5"), (r"teacher_epochs=5", r"already .*dataset's 3 classes", r"drop teacher_epochs")),
+    Case("close-kd-fraction", "close_kd= not a whole number of epochs", train("close_kd=0.5"),
+         (r"close_kd=0.5: expected a whole number of final epochs",)),
+    Case("close-kd-all-epochs", "close_kd= as long as the whole run", train("close_kd=1"),
+         (r"close_kd=1 with epochs=1 leaves no epoch to distil in", r"method=none")),
     # ------------------------------------------------------------------ methods
     Case("method-unknown", "a misspelt method", train("method=fgdd"), (r"unknown method 'fgdd'", r"fgd")),
     Case("hparam-unknown", "a hyperparameter the method does not have", train("method=fgd", "tau=2"),

@@ -211,7 +211,24 @@ def test_bad_arguments_fail_before_anything_runs(tmp_path, tiny_data):
         make_trainer(tmp_path, tiny_data, teacher=None)
     with pytest.raises(FileNotFoundError, match="yolov8x.pt' not found.*teacher=yolov8x.yaml"):
         make_trainer(tmp_path, tiny_data, teacher="yolov8x")
+    for bad in (-1, 2.5, "four"):
+        with pytest.raises(ValueError, match=f"close_kd={bad!r}: expected a whole number of final epochs"):
+            make_trainer(tmp_path, tiny_data, close_kd=bad)
+    with pytest.raises(KDConfigError, match="close_kd=2 with epochs=2 leaves no epoch to distil in"):
+        make_trainer(tmp_path, tiny_data, close_kd=2, epochs=2)
     assert not (tmp_path / "run").exists()  # nothing was created
+
+
+def test_close_kd_trains_the_final_epochs_on_the_detection_loss_alone(tmp_path, tiny_data):
+    trainer = make_trainer(tmp_path, tiny_data, method="mimic", epochs=3, close_kd=1)
+    teacher_runs = []
+    trainer.teacher.register_forward_hook(lambda *_: teacher_runs.append(trainer.epoch))
+    trainer.train()
+    rows = _rows(trainer.csv)
+    assert [float(r["train/mimic_loss"]) > 0 for r in rows] == [True, True, False]
+    assert float(rows[-1]["train/mimic_loss"]) == 0 and float(rows[-1]["train/cls_loss"]) > 0  # still training
+    assert teacher_runs and set(teacher_runs) == {0, 1}  # the closed epoch never runs the teacher
+    assert torch.load(trainer.last, map_location="cpu", weights_only=False)["yolokd"]["spec"]["close_kd"] == 1
 
 
 def test_teacher_finetune_one_command_path_is_cached(tmp_path, tiny_data):

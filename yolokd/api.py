@@ -49,8 +49,9 @@ class YoloKD:
 
         Args:
             data: Dataset YAML, or ``synthetic`` for the built-in synthetic driving scenes.
-            **train_args: Any Ultralytics train argument (epochs, imgsz, batch, device, ...), and ``teacher_epochs=N``
-                to fine-tune a teacher whose classes differ from the data's first.
+            **train_args: Any Ultralytics train argument (epochs, imgsz, batch, device, ...), ``teacher_epochs=N``
+                to fine-tune a teacher whose classes differ from the data's first, and ``close_kd=N`` to train the
+                final N epochs without distillation.
         """
         from yolokd.engine.trainer import KDTrainer
 

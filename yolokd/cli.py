@@ -33,9 +33,10 @@ Modes:
            Takes every Ultralytics train argument, plus:
              teacher=         teacher checkpoint (.pt) trained on the data's classes (or a .yaml: random weights)
              student=         student checkpoint or model YAML (default yolov8n.yaml)
-             method=          distillation method (default mimic; list: `yolokd methods`); a+b sums methods'
+             method=          distillation method (default fgd; list: `yolokd methods`); a+b sums methods'
                               terms (fgd+ld), +aid reweights them (fgd+aid); aid alone = fkd+aid
              teacher_epochs=N fine-tune a teacher with other classes (e.g. COCO) on the data first, cached
+             close_kd=N       train the final N epochs without distillation (early-stopped KD; default 0)
              <hyperparameter>=value of the chosen method; <part>.<hyperparameter>=value for a part of a
                               combined method (fgd.alpha=1e-3 aid.alpha=0.2)
            data=synthetic (the default) uses the built-in synthetic driving scenes.

@@ -62,6 +62,8 @@ class KDCriterion:
             (one-shot; the trainer sets it at the start of the first and last epoch when ``plots=True``).
         dropped: After each training call, the names of the KD terms that were NaN/Inf (their step's KD loss was
             replaced by zeros); empty when all were finite.
+        active: False in the epochs ``close_kd`` trains without distillation: the KD terms are zeros, the teacher
+            is not run.
     """
 
     def __init__(self, det: Any, teacher: nn.Module | None, method: KDMethod) -> None:
@@ -72,6 +74,7 @@ class KDCriterion:
         self.term_names = tuple(method.term_names)
         self.plot_to: Path | None = None
         self.dropped: tuple[str, ...] = ()
+        self.active = True
         needs = method.needs
         self.probe = None
         self.teacher_loss = None
@@ -103,7 +106,7 @@ class KDCriterion:
         recorder = AssignmentRecorder(self.det) if "student_assignment" in self.method.needs else nullcontext()
         with recorder:  # the assignment of the student's own loss, kept for a method that needs it
             det_loss, items = self.det(preds, batch)
-        if isinstance(preds, tuple) or not torch.is_grad_enabled():  # validation: report zeros for the KD columns
+        if isinstance(preds, tuple) or not torch.is_grad_enabled() or not self.active:  # validation, close_kd: zeros
             zeros = det_loss.new_zeros(len(self.term_names))
             return torch.cat([det_loss, zeros]), {**items, **{f"{k}_loss": z for k, z in zip(self.term_names, zeros)}}
         buffers = [b.detach().clone() for b in self.method.buffers()]  # BN statistics a non-finite forward may spoil

@@ -16,7 +16,7 @@ from typing import Any
 from yolokd.methods import canonical_name, get_method, is_hyperparameter, method_defaults, resolve_hparams
 
 #: yolokd's own keys, accepted next to every Ultralytics train argument and the method's hyperparameters.
-KD_KEYS = ("teacher", "student", "method", "teacher_epochs")
+KD_KEYS = ("teacher", "student", "method", "teacher_epochs", "close_kd")
 DEFAULT_METHOD = "fgd"  # the best method as measured (docs/benchmarks.md, synthetic-ft); cfg/methods/fgd.yaml says how
 DEFAULT_STUDENT = "yolov8n.yaml"
 
@@ -30,10 +30,12 @@ class KDSpec:
     method: str = DEFAULT_METHOD
     hparams: dict[str, Any] = field(default_factory=dict)
     teacher_epochs: int = 0
+    close_kd: int = 0  # train the final N epochs on the detection loss alone (early-stopped KD); 0: distil throughout
 
     def as_overrides(self) -> dict[str, Any]:
         """Flat ``key=value`` form, as a user would type it (used for the multi-GPU relaunch)."""
-        return {"teacher": self.teacher, "method": self.method, "teacher_epochs": 0, **self.hparams}
+        return {"teacher": self.teacher, "method": self.method, "teacher_epochs": 0, "close_kd": self.close_kd,
+                **self.hparams}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-value form stored in checkpoints."""
@@ -61,6 +63,7 @@ def split_overrides(overrides: dict[str, Any]) -> KDSpec:
         teacher=overrides.pop("teacher", None),
         method=method,
         teacher_epochs=int(overrides.pop("teacher_epochs", 0) or 0),
+        close_kd=_close_kd(overrides.pop("close_kd", 0)),
     )
     hparams = {k: overrides.pop(k) for k in list(overrides) if is_hyperparameter(method, k)}
     spec.hparams = resolve_hparams(method, hparams)
@@ -78,6 +81,18 @@ def split_overrides(overrides: dict[str, Any]) -> KDSpec:
             f"{', '.join(KD_KEYS)}, and the hyperparameters of method '{method}' (`yolokd methods`)."
         )
     return spec
+
+
+def _close_kd(value: Any) -> int:
+    """``close_kd=N``: a whole number of final epochs >= 0 (like Ultralytics' ``close_mosaic``)."""
+    try:
+        n = float(value if value is not None else 0)
+    except (TypeError, ValueError):
+        n = -1.0
+    if n < 0 or n != int(n):
+        raise ValueError(f"close_kd={value!r}: expected a whole number of final epochs >= 0 to train without "
+                         f"distillation (e.g. close_kd=4 of epochs=16; 0, the default, distils in every epoch)")
+    return int(n)
 
 
 def _methods_with_key(key: str) -> list[str]:

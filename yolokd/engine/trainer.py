@@ -101,8 +101,13 @@ class KDTrainer(DetectionTrainer):
         self.nonfinite_run: list[tuple[str, ...]] = []  # the current run of consecutive such steps
         with self._discard_run_on_error():
             super().__init__(cfg, overrides, _callbacks)
+            if 0 < self.kd.close_kd and self.kd.close_kd >= self.args.epochs and self.kd.method != "none":
+                raise KDConfigError(
+                    f"close_kd={self.kd.close_kd} with epochs={self.args.epochs} leaves no epoch to distil in: use "
+                    f"close_kd < epochs (e.g. close_kd={max(1, self.args.epochs // 4)}), or method=none for no "
+                    f"distillation")
             for event, fn in (("on_train_epoch_start", _plot_method_maps), ("on_train_epoch_start", _reset_nonfinite),
-                              ("on_train_batch_end", _count_nonfinite)):
+                              ("on_train_epoch_start", _close_kd), ("on_train_batch_end", _count_nonfinite)):
                 if fn not in self.callbacks[event]:  # a DDP relaunch brings them along
                     self.add_callback(event, fn)
             self._prepare_teacher()
@@ -172,7 +177,7 @@ class KDTrainer(DetectionTrainer):
                 f"the run's teacher {spec.teacher} no longer exists (moved or deleted); say where it is now: "
                 f"yolokd train resume={path} teacher=/new/path/to/{Path(spec.teacher).name}"
             )
-        for k in [*spec.hparams, "student", "teacher_epochs"]:
+        for k in [*spec.hparams, "student", "teacher_epochs", "close_kd"]:  # the run's own values are kept
             overrides.pop(k, None)
         return spec
 
@@ -430,6 +435,23 @@ def _plot_method_maps(trainer: KDTrainer) -> None:
     criterion = getattr(unwrap_model(trainer.model), "criterion", None)
     if isinstance(criterion, KDCriterion):
         criterion.plot_to = Path(trainer.save_dir) / f"{trainer.kd.method}_maps_epoch{trainer.epoch + 1}"
+
+
+def _close_kd(trainer: KDTrainer) -> None:
+    """``close_kd=N``: switch the KD terms off for the final N epochs, as Ultralytics closes mosaic (``close_mosaic``).
+
+    Early-stopped distillation (Cho & Hariharan, ICCV 2019: a much larger teacher helps a small student early and
+    constrains it late). On our long protocol every method's lead over the plain student shrank over the last quarter
+    of training (``docs/benchmarks.md``, paired deltas by epoch), which is what this switch addresses. Off epochs train
+    on the detection loss alone and skip the teacher; the KD columns log zeros.
+    """
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    if not isinstance(criterion, KDCriterion) or trainer.kd.close_kd <= 0:
+        return
+    active = trainer.epoch < trainer.epochs - trainer.kd.close_kd
+    if criterion.active and not active and RANK in {-1, 0}:
+        LOGGER.info(f"yolokd: closing distillation for the final {trainer.kd.close_kd} epochs (close_kd)")
+    criterion.active = active
 
 
 def _reset_nonfinite(trainer: KDTrainer) -> None:
