@@ -75,7 +75,8 @@ def test_gpu_full_dry_run(tmp_path):
     assert {"summary.md", "summary.csv", "results.csv", "runs.tar.gz", "gpu_full.log", "status.txt"} <= files, files
     assert len(files) <= 8 and all(p.is_file() for p in out.iterdir())  # the device returns at most 8 files
     md = (out / "summary.md").read_text()
-    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    table = md.split("Paired Δ")[0]  # the main table; the per-epoch deltas follow it
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == ["none", "ultralytics"], md
     with open(out / "results.csv", newline="") as f:
         runs = list(csv.DictReader(f))
