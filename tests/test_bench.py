@@ -410,6 +410,28 @@ def test_epoch_deltas_are_paired_by_seed_against_hand_values(tmp_path):
     assert "| fgd | 2 | -0.013 | +0.025 | +0.019 | +0.010 |" in md
 
 
+def test_per_class_tool_reads_the_last_validation_table_and_pairs_by_seed(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from bench_per_class import final_table, paired_deltas
+
+    log = ("                   all         10         20        0.1        0.2        0.3        0.4\n"  # an epoch's
+           "                   car         10         15        0.1        0.2        0.3        0.4\n"
+           "      3/3  0G  1.2  Class Images\rValidating best.pt...\n"
+           "                 Class     Images  Instances      Box(P          R      mAP50  mAP50-95)\n"
+           "                   all         10         20      0.713      0.594      0.645      0.345\n"
+           "                   car          9         15      0.757       0.84       0.86      0.544\n"
+           "            pedestrian          4          5      0.755      0.447      0.536      0.238\n"
+           "Speed: 0.1ms preprocess\n")
+    t = final_table(log)
+    assert [r["class"] for r in t] == ["all", "car", "pedestrian"]
+    assert t[2] == {"class": "pedestrian", "images": 4, "instances": 5, "P": 0.755, "R": 0.447, "mAP50": 0.536,
+                    "mAP50-95": 0.238}
+    rows = [{"entry": e, "seed": s, "class": "car", "mAP50": v}
+            for e, s, v in (("none", 0, 0.5), ("none", 1, 0.6), ("fgd", 0, 0.55), ("fgd", 1, 0.58), ("fgd", 2, 0.9))]
+    d = paired_deltas(rows, "mAP50")
+    assert d["fgd"]["car"][0] == pytest.approx((0.05 - 0.02) / 2) and d["fgd"]["car"][1:] == (2, "1/2")  # seed 2: no pair
+
+
 def test_the_default_method_is_the_best_measured_one_on_the_long_protocol():
     """`method=`'s default (and so the demo's distilled row) is the method, at its shipped defaults, with the largest
     mean gain over the plain student among those run on every seed of synthetic-ft, and it is ahead on every seed. A
