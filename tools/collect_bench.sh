@@ -16,7 +16,7 @@ for p in "$@"; do
     [ -f "$r/result.json" ] || { echo "skipping unfinished run $r"; continue; }
     n=$(basename "$r"); cp "$r/result.json" "$dst/run-$n.json"; cp "$r/job.json" "$dst/run-$n.job.json"
     cp "$r/args.yaml" "$dst/run-$n.args.yaml"  # the full Ultralytics arguments (KD settings are in job.json)
-    cp "$r/results.csv" "$dst/run-$n.results.csv"  # per-epoch losses and validation: the learning curve
+    [ -f "$r/results.csv" ] && cp "$r/results.csv" "$dst/run-$n.results.csv"  # the learning curve (restored old runs: none)
   done
   echo "collected $p -> $dst"
 done
