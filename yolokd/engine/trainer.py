@@ -442,8 +442,9 @@ def _close_kd(trainer: KDTrainer) -> None:
 
     Early-stopped distillation (Cho & Hariharan, ICCV 2019: a much larger teacher helps a small student early and
     constrains it late). On our long protocol every method's lead over the plain student shrank over the last quarter
-    of training (``docs/benchmarks.md``, paired deltas by epoch), which is what this switch addresses. Off epochs train
-    on the detection loss alone and skip the teacher; the KD columns log zeros.
+    of training (``docs/benchmarks.md``, paired deltas by epoch), which is what this switch was built to test; on the
+    tuning split it lost most of FGD's gain, so it is off by default. Off epochs train on the detection loss alone and
+    skip the teacher; the KD columns log zeros.
     """
     criterion = getattr(unwrap_model(trainer.model), "criterion", None)
     if not isinstance(criterion, KDCriterion) or trainer.kd.close_kd <= 0:
