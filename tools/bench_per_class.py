@@ -16,9 +16,11 @@ import argparse
 import csv
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout: yolokd importable
+from yolokd.bench.report import paired  # noqa: E402
 
 COLUMNS = ["entry", "seed", "class", "images", "instances", "P", "R", "mAP50", "mAP50-95"]
 #: One row of Ultralytics' validation table: name, images, instances, P, R, mAP50, mAP50-95.
@@ -66,8 +68,8 @@ def paired_deltas(rows: list[dict], metric: str, base: str = "none") -> dict[str
             seeds = sorted({r["seed"] for r in rows if r["entry"] == entry and (base, r["seed"], cls) in val})
             diffs = [val[(entry, s, cls)] - val[(base, s, cls)] for s in seeds if (entry, s, cls) in val]
             if diffs:
-                out.setdefault(entry, {})[cls] = (statistics.fmean(diffs), len(diffs),
-                                                  f"{sum(d > 0 for d in diffs)}/{len(diffs)}")
+                mean, _, wins = paired(diffs)
+                out.setdefault(entry, {})[cls] = (mean, len(diffs), wins)
     return out
 
 

@@ -23,6 +23,12 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else NAN
 
 
+def paired(diffs: list[float]) -> tuple[float, float, str]:
+    """Per-seed differences to a reference entry -> (mean, sample std, "k/n": ahead on k of n seeds)."""
+    mean, std = _mean_std(diffs)
+    return mean, std, f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if diffs else ""
+
+
 def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: str) -> list[dict[str, Any]]:
     """One row per entry: mean/std of every metric, deltas and the teacher-student gap closed on ``headline``.
 
@@ -58,8 +64,7 @@ def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: s
         for base in ("none", "ultralytics"):
             shared = [s for s in mine if (base, s) in per_seed]
             diffs = [per_seed[(row["entry"], s)] - per_seed[(base, s)] for s in shared]
-            row[f"delta_vs_{base}"], row[f"delta_vs_{base}_std"] = _mean_std(diffs)
-            row[f"delta_vs_{base}_wins"] = f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if diffs else ""
+            row[f"delta_vs_{base}"], row[f"delta_vs_{base}_std"], row[f"delta_vs_{base}_wins"] = paired(diffs)
             if base == "none":  # gap closed over the same seeds: paired delta / (teacher - none on those seeds)
                 gap = t - (statistics.fmean(per_seed[("none", s)] for s in shared) if shared else NAN)
                 row["gap_closed"] = row["delta_vs_none"] / gap if gap == gap and gap > 0 else NAN
@@ -200,9 +205,8 @@ def epoch_deltas(runs: list[dict[str, Any]], metric: str, base: str = "none") ->
         rows = []
         for e in range(n):
             diffs = [by_seed[s][e] - ref[s][e] for s in shared]
-            mean, std = _mean_std(diffs)
-            rows.append({"epoch": e + 1, "delta": mean, "delta_std": std, "n_seeds": len(diffs),
-                         "wins": f"{sum(d > 0 for d in diffs)}/{len(diffs)}"})
+            mean, std, wins = paired(diffs)
+            rows.append({"epoch": e + 1, "delta": mean, "delta_std": std, "n_seeds": len(diffs), "wins": wins})
         out[entry] = rows
     return out
 
