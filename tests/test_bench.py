@@ -53,6 +53,20 @@ def test_bench_runs_tabulates_and_resumes(tiny_data, tmp_path):
     assert [(r["entry"], r["epoch"]) for r in deltas] == [("mimic", "1")]
     assert float(deltas[0]["delta"]) == pytest.approx(float(runs[1]["final_mAP50-95"]) - float(runs[0]["final_mAP50-95"]))
     assert "Paired Δ mAP50-95 vs none by epoch" in md
+    # Per class: each run records the final validation's table, which must be the one Ultralytics printed in its log.
+    from yolokd.bench.report import printed_per_class
+
+    res = json.loads((out / "runs" / "mimic-s0" / "result.json").read_text())
+    printed = printed_per_class((out / "runs" / "mimic-s0" / "log.txt").read_text(errors="replace"))
+    assert printed and [c["class"] for c in res["per_class"]] == [c["class"] for c in printed]
+    for mine, theirs in zip(res["per_class"], printed):
+        assert (mine["images"], mine["instances"]) == (theirs["images"], theirs["instances"])
+        for k in ("P", "R", "mAP50", "mAP50-95"):
+            assert mine[k] == pytest.approx(theirs[k], abs=6e-4), (mine["class"], k)  # the log prints 3 decimals
+    assert res["per_class"][0]["mAP50-95"] == pytest.approx(res["best_mAP50-95"])
+    per_class = list(csv.DictReader(open(out / "per_class.csv")))
+    assert {(r["entry"], r["class"]) for r in per_class} >= {("none", "all"), ("mimic", "all")}
+    assert "Paired Δ mAP50-95 vs none per class" in md
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
     again = run_bench(proto, methods=["none", "mimic"], seeds=[0], project=tmp_path, log=lambda s: None)
@@ -410,9 +424,8 @@ def test_epoch_deltas_are_paired_by_seed_against_hand_values(tmp_path):
     assert "| fgd | 2 | -0.013 | +0.025 | +0.019 | +0.010 |" in md
 
 
-def test_per_class_tool_reads_the_last_validation_table_and_pairs_by_seed(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
-    from bench_per_class import final_table, paired_deltas
+def test_per_class_reads_the_last_printed_validation_table_and_pairs_by_seed():
+    from yolokd.bench.report import per_class_deltas, per_class_markdown, printed_per_class
 
     log = ("                   all         10         20        0.1        0.2        0.3        0.4\n"  # an epoch's
            "                   car         10         15        0.1        0.2        0.3        0.4\n"
@@ -422,14 +435,15 @@ def test_per_class_tool_reads_the_last_validation_table_and_pairs_by_seed(monkey
            "                   car          9         15      0.757       0.84       0.86      0.544\n"
            "            pedestrian          4          5      0.755      0.447      0.536      0.238\n"
            "Speed: 0.1ms preprocess\n")
-    t = final_table(log)
+    t = printed_per_class(log)
     assert [r["class"] for r in t] == ["all", "car", "pedestrian"]
     assert t[2] == {"class": "pedestrian", "images": 4, "instances": 5, "P": 0.755, "R": 0.447, "mAP50": 0.536,
                     "mAP50-95": 0.238}
     rows = [{"entry": e, "seed": s, "class": "car", "mAP50": v}
             for e, s, v in (("none", 0, 0.5), ("none", 1, 0.6), ("fgd", 0, 0.55), ("fgd", 1, 0.58), ("fgd", 2, 0.9))]
-    d = paired_deltas(rows, "mAP50")
+    d = per_class_deltas(rows, "mAP50")
     assert d["fgd"]["car"][0] == pytest.approx((0.05 - 0.02) / 2) and d["fgd"]["car"][1:] == (2, "1/2")  # seed 2: no pair
+    assert "| fgd | 2 | +0.015 (1/2) |" in per_class_markdown(d, "mAP50")
 
 
 def test_the_default_method_is_the_best_measured_one_on_the_long_protocol():

@@ -10,6 +10,7 @@ for p in "$@"; do
   cp "$src/teacher/result.json" "$dst/teacher.json"
   [ -f "$src/curves.png" ] && cp "$src/curves.png" "$dst/"
   [ -f "$src/epoch_deltas.csv" ] && cp "$src/epoch_deltas.csv" "$dst/"
+  [ -f "$src/per_class.csv" ] && cp "$src/per_class.csv" "$dst/"
   [ -f "$src/teacher/results.csv" ] && cp "$src/teacher/results.csv" "$dst/teacher.results.csv"  # its fine-tune curve
   [ -f "$src/student-init/result.json" ] && cp "$src/student-init/result.json" "$dst/student-init.json"
   for r in "$src"/runs/*/; do

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: Per-run columns of results.csv, in order.
 RUN_COLUMNS = ["entry", "method", "seed", "final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50", "best_epoch",
@@ -236,6 +237,90 @@ def epoch_deltas_markdown(deltas: dict[str, list[dict[str, Any]]], metric: str, 
         cells = [_f(at[m]["delta"], sign=True) if m in at else "-" for m in marks]
         lines.append(f"| {entry} | {rows[0]['n_seeds']} | " + " | ".join(cells)
                      + f" | {_f(statistics.fmean(r['delta'] for r in rows), sign=True)} |")
+    return "\n".join(lines) + "\n"
+
+
+#: Columns of per_class.csv: one row per run and class, from the final validation of the run's best.pt.
+PER_CLASS_COLUMNS = ["entry", "seed", "class", "images", "instances", "P", "R", "mAP50", "mAP50-95"]
+
+
+#: One row of the validation table Ultralytics prints: name, images, instances, P, R, mAP50, mAP50-95.
+_PRINTED_ROW = re.compile(r"^\s*(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
+
+
+def printed_per_class(log: str) -> list[dict[str, Any]]:
+    """The last validation table printed in a run's log (the final validation of best.pt): ``all``, then each class.
+
+    For runs made before results recorded ``per_class`` (3 decimals, as printed).
+    """
+    lines = [ln.split("\r")[-1] for ln in log.splitlines()]  # progress bars rewrite a line with carriage returns
+    starts = [i for i, ln in enumerate(lines) if (m := _PRINTED_ROW.match(ln)) and m.group(1) == "all"]
+    rows: list[dict[str, Any]] = []
+    for ln in lines[starts[-1]:] if starts else []:
+        m = _PRINTED_ROW.match(ln)
+        if not m:
+            break
+        name, *vals = m.groups()
+        rows.append(dict(zip(PER_CLASS_COLUMNS[2:], [name, int(vals[0]), int(vals[1]), *map(float, vals[2:])])))
+    return rows
+
+
+def per_class_rows(runs: list[dict[str, Any]], skipped: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Every run's per-class rows: recorded in its result (``per_class``), else read from the table in its log.
+
+    ``skipped`` is told the runs that have neither (older runs restored from ``docs/bench``, which keeps no logs).
+    """
+    out = []
+    for r in runs:
+        table = r.get("per_class")
+        log = Path(r.get("run_dir", "")) / "log.txt"
+        if not table and log.is_file():
+            table = printed_per_class(log.read_text(errors="replace"))
+        if not table and skipped:
+            skipped(f"{r['entry']}-s{r['seed']}")
+        out += [{"entry": r["entry"], "seed": r["seed"], **c} for c in table or []]
+    return out
+
+
+def write_per_class_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The per-class rows of every run."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def per_class_deltas(rows: list[dict[str, Any]], metric: str,
+                     base: str = "none") -> dict[str, dict[str, tuple[float, int, str]]]:
+    """Per entry and class: the delta to ``base`` paired by seed -> ``{entry: {class: (mean, seeds, "k/n")}}``.
+
+    Only seeds both entries have count, as for the headline deltas; ``base`` itself is left out.
+    """
+    val = {(r["entry"], r["seed"], r["class"]): r[metric] for r in rows}
+    out: dict[str, dict[str, tuple[float, int, str]]] = {}
+    for entry in dict.fromkeys(r["entry"] for r in rows):
+        if entry == base:
+            continue
+        for cls in dict.fromkeys(r["class"] for r in rows if r["entry"] == entry):
+            diffs = [val[k] - val[(base, k[1], cls)] for k in val
+                     if k[0] == entry and k[2] == cls and (base, k[1], cls) in val]
+            if diffs:
+                mean, _, wins = paired(diffs)
+                out.setdefault(entry, {})[cls] = (mean, len(diffs), wins)
+    return out
+
+
+def per_class_markdown(deltas: dict[str, dict[str, tuple[float, int, str]]], metric: str, base: str = "none") -> str:
+    """The paired per-class deltas as a Markdown table (classes as columns, in first-seen order)."""
+    if not deltas:
+        return ""
+    classes = list(dict.fromkeys(c for by_cls in deltas.values() for c in by_cls))
+    lines = [f"Paired Δ {metric} vs {base} per class (final validation of best.pt; seeds, k/n ahead; every run's rows "
+             "in per_class.csv):", "", "| entry | seeds | " + " | ".join(classes) + " |",
+             "|---|---|" + "---|" * len(classes)]
+    for entry, by_cls in deltas.items():
+        cells = [f"{by_cls[c][0]:+.3f} ({by_cls[c][2]})" if c in by_cls else "-" for c in classes]
+        lines.append(f"| {entry} | {max(v[1] for v in by_cls.values())} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -286,6 +286,10 @@ def _tabulate(out: Path, proto: dict[str, Any], rec: dict[str, Any], h: str, nam
     if deltas:
         md += "\n" + report.epoch_deltas_markdown(deltas, proto["metric"])
         report.write_epoch_deltas_csv(out / "epoch_deltas.csv", deltas)
+    classes = report.per_class_rows(runs)
+    if classes:
+        md += "\n" + report.per_class_markdown(report.per_class_deltas(classes, proto["metric"]), proto["metric"])
+        report.write_per_class_csv(out / "per_class.csv", classes)
     report.write_runs_csv(out / "results.csv", runs)
     report.write_summary_csv(out / "summary.csv", rows)
     (out / "summary.md").write_text(md)
