@@ -434,9 +434,11 @@ def test_per_class_reads_the_last_printed_validation_table_and_pairs_by_seed():
            "                   all         10         20      0.713      0.594      0.645      0.345\n"
            "                   car          9         15      0.757       0.84       0.86      0.544\n"
            "            pedestrian          4          5      0.755      0.447      0.536      0.238\n"
+           "               cyclist          2          3          1          0   0.000941   9.41e-05\n"  # %.3g
            "Speed: 0.1ms preprocess\n")
     t = printed_per_class(log)
-    assert [r["class"] for r in t] == ["all", "car", "pedestrian"]
+    assert [r["class"] for r in t] == ["all", "car", "pedestrian", "cyclist"]
+    assert (t[3]["P"], t[3]["R"], t[3]["mAP50-95"]) == (1.0, 0.0, 9.41e-05)
     assert t[2] == {"class": "pedestrian", "images": 4, "instances": 5, "P": 0.755, "R": 0.447, "mAP50": 0.536,
                     "mAP50-95": 0.238}
     rows = [{"entry": e, "seed": s, "class": "car", "mAP50": v}

@@ -244,8 +244,10 @@ def epoch_deltas_markdown(deltas: dict[str, list[dict[str, Any]]], metric: str, 
 PER_CLASS_COLUMNS = ["entry", "seed", "class", "images", "instances", "P", "R", "mAP50", "mAP50-95"]
 
 
-#: One row of the validation table Ultralytics prints: name, images, instances, P, R, mAP50, mAP50-95.
-_PRINTED_ROW = re.compile(r"^\s*(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
+#: One row of the validation table Ultralytics prints: name, images, instances, P, R, mAP50, mAP50-95. The values are
+#: printed with %.3g, so one below 1e-4 comes in exponent form (9.41e-05).
+_NUM = r"(\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
+_PRINTED_ROW = re.compile(rf"^\s*(\S+)\s+(\d+)\s+(\d+)\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s*$")
 
 
 def printed_per_class(log: str) -> list[dict[str, Any]]:
