@@ -95,6 +95,10 @@ class _Job:
         result = self.folder / "result.json"
         if not result.exists():
             return None
+        if not (self.folder / "job.json").exists():
+            # A teacher result restored from docs/bench (tools/restore_bench.py) comes without its job record; a
+            # teacher is defined by the recipe, which the folder's hash already checked.
+            return json.loads(result.read_text())
         old = json.loads((self.folder / "job.json").read_text())
         # A variant redefined under the same name, or a method whose cfg defaults changed, must not reuse the old
         # result. A run is its method, its resolved hyperparameters and its training arguments: how a variant spells
