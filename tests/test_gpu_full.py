@@ -31,7 +31,7 @@ def test_gpu_protocol_is_the_full_setting():
     assert t["batch"] == 32 and t["epochs"] >= 20 and r["teacher"]["epochs"] >= 20
     assert r["teacher"]["init"] == "yolov8s.pt" and r["student"] == "yolov8n.pt"
     assert p["metric"] == "mAP50" and p["headline"] == "final"
-    assert list(entries(p, p["methods"])) == ["none", "ultralytics", "fgd", "cwd"]
+    assert list(entries(p, p["methods"])) == ["none", "ultralytics", "fgd", "ld"]
 
 
 def test_polars_stand_in_reads_results_csv(tmp_path):

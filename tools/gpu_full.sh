@@ -12,7 +12,7 @@
 # Environment:
 #   OUT                where the result files go (the device sets it; default: a new temp dir, printed)
 #   GPU_BUNDLE         the bundle folder (default .gpu)
-#   METHODS            comma list of entries (default: the protocol's: none,ultralytics,fgd,cwd)
+#   METHODS            comma list of entries (default: the protocol's: none,ultralytics,fgd,ld)
 #   PYTHON             interpreter (default python3)
 #   GPU_FULL_DRYRUN=1  CPU dry run: everything but CUDA at a tiny scale (1 epoch at imgsz 64, batch 4, teacher 1 epoch,
 #                      none + ultralytics, device=cpu, 2 jobs): checks the pipeline, not the numbers
