@@ -453,21 +453,32 @@ def test_per_class_reads_the_last_printed_validation_table_and_pairs_by_seed():
     assert "| fgd | 2 | +0.015 (1/2) |" in per_class_markdown(d, "mAP50")
 
 
-def test_the_default_method_is_the_best_measured_one_on_the_long_protocol():
+def test_the_default_method_is_the_best_measured_one_across_the_reported_protocols():
     """`method=`'s default (and so the demo's distilled row) is the method, at its shipped defaults, with the largest
-    mean gain over the plain student among those run on every seed of synthetic-ft, and it is ahead on every seed. A
-    new measurement that changes the ranking fails here until the default follows it."""
+    mean headline gain over the plain student (paired by seed) on the most reported protocols, counting a method on a
+    protocol only when it ran there on at least 3 seeds and was ahead of `none` on more than half of them; a tie goes
+    to the long protocol (synthetic-ft, the one with the smallest seed spread). A new measurement that changes the
+    ranking fails here until the default follows it."""
     import csv
 
     from conftest import REPO
     from yolokd.engine.spec import DEFAULT_METHOD
     from yolokd.methods import METHODS
 
-    with open(REPO / "docs" / "bench" / "synthetic-ft-v1" / "summary.csv") as f:
-        rows = {r["entry"]: r for r in csv.DictReader(f)}
-    full = int(rows["none"]["n_seeds"])
-    candidates = {e: float(r["delta_vs_none"]) for e, r in rows.items()
-                  if e in METHODS and e != "none" and int(r["n_seeds"]) == full}
-    assert DEFAULT_METHOD in candidates, f"{DEFAULT_METHOD} has not been run on all {full} seeds of synthetic-ft"
-    assert max(candidates, key=candidates.get) == DEFAULT_METHOD, candidates
-    assert rows[DEFAULT_METHOD]["delta_vs_none_wins"] == f"{full}/{full}"
+    protocols = ["synthetic-ft", "synthetic", "kitti-1k"]
+    best: dict[str, str] = {}
+    for p in protocols:
+        with open(REPO / "docs" / "bench" / f"{p}-v1" / "summary.csv") as f:
+            rows = {r["entry"]: r for r in csv.DictReader(f)}
+        full = {}
+        for e, r in rows.items():
+            won, n = map(int, r["delta_vs_none_wins"].split("/")) if r["delta_vs_none_wins"] else (0, 0)
+            if e in METHODS and e != "none" and n >= 3 and 2 * won > n:
+                full[e] = float(r["delta_vs_none"])
+        if full:
+            best[p] = max(full, key=full.get)
+    wins = {m: sum(b == m for b in best.values()) for m in set(best.values())}
+    top = max(wins.values())
+    leaders = [m for m in wins if wins[m] == top]
+    expected = leaders[0] if len(leaders) == 1 else best["synthetic-ft"]
+    assert DEFAULT_METHOD == expected, f"best per protocol: {best}"

@@ -33,7 +33,7 @@ Modes:
            Takes every Ultralytics train argument, plus:
              teacher=         teacher checkpoint (.pt) trained on the data's classes (or a .yaml: random weights)
              student=         student checkpoint or model YAML (default yolov8n.yaml)
-             method=          distillation method (default fgd; list: `yolokd methods`); a+b sums methods'
+             method=          distillation method (default ld; list: `yolokd methods`); a+b sums methods'
                               terms (fgd+ld), +aid reweights them (fgd+aid); aid alone = fkd+aid
              teacher_epochs=N fine-tune a teacher with other classes (e.g. COCO) on the data first, cached
              close_kd=N       train the final N epochs without distillation (early-stopped KD; default 0)

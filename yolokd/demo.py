@@ -4,8 +4,9 @@
 2. Fine-tunes the COCO-pretrained yolov8s on it (the ``teacher_epochs`` path: 80 COCO classes -> car, pedestrian,
    cyclist), caches it (later demos reuse it) and reports its mAP.
 3. Trains yolov8n students from the COCO-pretrained yolov8n with identical settings: ``none`` (no KD),
-   ``ultralytics`` (the built-in distillation reproduced) and ``fgd`` with its defaults, the method that measured best
-   on the long benchmark protocol (``DEFAULT_METHOD``; docs/benchmarks.md).
+   ``ultralytics`` (the built-in distillation reproduced) and the default method with its defaults, the one that
+   measured best across the reported benchmark protocols (``DEFAULT_METHOD``, ``ld`` since 2026-11-30;
+   docs/benchmarks.md).
 4. Prints and saves a table whose every number comes from these runs (final-epoch mAP50-95 and mAP50, deltas vs
    ``none`` and vs ``ultralytics``, median seconds per iteration) and a plot, under ``runs/demo/``.
 
