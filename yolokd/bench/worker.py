@@ -49,8 +49,8 @@ def per_class(validator: Any) -> list[dict[str, Any]]:
     images, instances, P, R, mAP50, mAP50-95), at full precision.
 
     The mean over classes hides what a driving user ships for: on KITTI the small, rare classes (pedestrian, cyclist)
-    move differently from cars, and the distillation gains measured so far sit mostly on pedestrians. Empty when the
-    validation had no labels (Ultralytics then has no per-class table).
+    move differently from cars, and the methods measured so far gain on different classes (fgd on pedestrians, ld on
+    cyclists). Empty when the validation had no labels (Ultralytics then has no per-class table).
     """
     metrics = getattr(validator, "metrics", None)
     if metrics is None or not len(getattr(metrics, "ap_class_index", [])):
