@@ -145,6 +145,25 @@ def test_restore_keeps_a_teacher_only_with_its_weights_and_skips_incomplete_runs
     assert not (out / "teacher" / "result.json").exists() and any("not on this machine" in m for m in logs)
 
 
+@pytest.mark.parametrize("dof, t, p", [(1, 12.7062047, 0.05), (2, 4.30265273, 0.05), (3, 3.18244631, 0.05),
+                                        (4, 2.77644511, 0.05), (4, 4.60409487, 0.01), (5, 2.01504837, 0.10),
+                                        (9, 2.26215716, 0.05), (30, 2.04227246, 0.05), (4, 0.0, 1.0)])
+def test_t_test_p_value_matches_the_printed_t_tables(dof, t, p):
+    from yolokd.bench.report import t_two_sided_p
+
+    assert t_two_sided_p(t, dof) == pytest.approx(p, abs=1e-7)
+    assert t_two_sided_p(-t, dof) == pytest.approx(p, abs=1e-7)  # two-sided
+
+
+def test_paired_p_edge_cases():
+    from yolokd.bench.report import paired_p
+
+    # kitti-1k's five ld - none deltas (docs/benchmarks.md): t = 3.69 with 4 dof.
+    assert paired_p([0.004, 0.016, 0.030, 0.011, 0.019]) == pytest.approx(0.0208, abs=5e-4)
+    assert paired_p([0.01, 0.01]) == 0.0 and paired_p([0.0, 0.0]) == 1.0  # no spread: decided either way
+    assert math.isnan(paired_p([0.02])) and math.isnan(paired_p([]))
+
+
 def test_summarise_against_hand_values():
     from yolokd.bench.report import summarise
 
@@ -161,6 +180,10 @@ def test_summarise_against_hand_values():
     assert rows["ultralytics"]["delta_vs_none"] == pytest.approx(0.05)
     assert rows["ultralytics"]["delta_vs_none_std"] == pytest.approx(math.sqrt(2 * 0.01 ** 2))
     assert rows["ultralytics"]["delta_vs_none_wins"] == "2/2"
+    # Paired t = 0.05 / (0.01 * sqrt 2 / sqrt 2) = 5 with 1 degree of freedom: Student's t with 1 dof is the standard
+    # Cauchy, whose two-sided tail is 1 - 2 atan(t) / pi.
+    assert rows["ultralytics"]["delta_vs_none_p"] == pytest.approx(1 - 2 * math.atan(5) / math.pi)
+    assert math.isnan(rows["mimic"]["delta_vs_none_p"]) and math.isnan(rows["none"]["delta_vs_none_p"])  # < 2 seeds
     assert rows["ultralytics"]["gap_closed"] == pytest.approx(0.05 / (0.42 - 0.32))
     # mimic has seed 0 only: compared with seed 0 of the others, not with their 2-seed means (0.40 - 0.37).
     assert rows["mimic"]["delta_vs_ultralytics"] == pytest.approx(0.40 - 0.36)

@@ -30,6 +30,48 @@ def paired(diffs: list[float]) -> tuple[float, float, str]:
     return mean, std, f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if diffs else ""
 
 
+def t_two_sided_p(t: float, dof: int) -> float:
+    """Two-sided p-value of Student's t with an integer number of degrees of freedom.
+
+    The closed-form series of Abramowitz & Stegun 26.7.3-4 for A(t | dof) = P(|T| < |t|), exact for integer dof,
+    so the report needs no SciPy (Ultralytics does not bring it).
+    """
+    if dof < 1 or t != t:
+        return NAN
+    if math.isinf(t):
+        return 0.0
+    theta = math.atan(abs(t) / math.sqrt(dof))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    # The series: odd dof: 1 + 2/3 c^2 + (2*4)/(3*5) c^4 + ... up to c^(dof-3); even dof: 1 + 1/2 c^2 + (1*3)/(2*4) c^4
+    # + ... up to c^(dof-2).
+    term, total = 1.0, 1.0
+    k = 2 if dof % 2 else 1
+    for _ in range((dof - 3) // 2 if dof % 2 else (dof - 2) // 2):
+        term *= c2 * k / (k + 1)
+        total += term
+        k += 2
+    if dof % 2:
+        a = 2 / math.pi * (theta + (s * math.cos(theta) * total if dof > 1 else 0.0))
+    else:
+        a = s * total
+    return min(1.0, max(0.0, 1.0 - a))
+
+
+def paired_p(diffs: list[float]) -> float:
+    """Two-sided p-value of the paired t-test that the mean per-seed difference is zero (NaN under two seeds).
+
+    What the per-seed deltas can and cannot resolve: with seed spreads as large as KD effects, a mean gain with p
+    above 0.05 is not a measured gain. Identical non-zero differences (std 0) give p = 0.
+    """
+    vals = [d for d in diffs if d == d]
+    if len(vals) < 2:
+        return NAN
+    mean, std = statistics.fmean(vals), statistics.stdev(vals)
+    if std == 0:
+        return 1.0 if mean == 0 else 0.0
+    return t_two_sided_p(mean / (std / math.sqrt(len(vals))), len(vals) - 1)
+
+
 def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: str) -> list[dict[str, Any]]:
     """One row per entry: mean/std of every metric, deltas and the teacher-student gap closed on ``headline``.
 
@@ -66,6 +108,7 @@ def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: s
             shared = [s for s in mine if (base, s) in per_seed]
             diffs = [per_seed[(row["entry"], s)] - per_seed[(base, s)] for s in shared]
             row[f"delta_vs_{base}"], row[f"delta_vs_{base}_std"], row[f"delta_vs_{base}_wins"] = paired(diffs)
+            row[f"delta_vs_{base}_p"] = paired_p(diffs) if row["entry"] != base else NAN
             if base == "none":  # gap closed over the same seeds: paired delta / (teacher - none on those seeds)
                 gap = t - (statistics.fmean(per_seed[("none", s)] for s in shared) if shared else NAN)
                 row["gap_closed"] = row["delta_vs_none"] / gap if gap == gap and gap > 0 else NAN
@@ -100,7 +143,8 @@ def _delta(row: dict[str, Any], base: str) -> str:
     if row["entry"] == base:
         return "+0.000"
     d = _f(row[f"delta_vs_{base}"], row[f"delta_vs_{base}_std"], sign=True)
-    return d + (f" ({row[f'delta_vs_{base}_wins']})" if d != "-" else "")
+    p = row.get(f"delta_vs_{base}_p", NAN)
+    return d + (f" ({row[f'delta_vs_{base}_wins']}" + (f", p {p:.2g}" if p == p else "") + ")" if d != "-" else "")
 
 
 def _par(row: dict[str, Any]) -> str:
@@ -125,7 +169,8 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
                      f"mAP50 {_f(init['mAP50'])}.  ")
     lines += [
         f"Mean ± sample std over seeds (no std with one seed). Deltas and gap closed use **{head}**, paired by seed "
-        f"over the seeds both entries have: mean ± std of the per-seed differences (k/n: ahead on k of n seeds); "
+        f"over the seeds both entries have: mean ± std of the per-seed differences (k/n: ahead on k of n seeds; p: "
+        f"two-sided paired t-test, from 2 seeds; a gain with p above 0.05 is not resolved); "
         f"gap closed = Δ vs none / (teacher − none). s/it: median training iteration (∥N: timed with N jobs side by "
         f"side); peak: process RSS.",
         "",
