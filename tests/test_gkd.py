@@ -228,30 +228,34 @@ def _gauss(boxes_px, idx=None, n=1, feat_hw=(8, 16), weights=None):
 
 
 def test_gaussian_mask_equals_hand_values():
-    # pixels x 16..48, y 8..24 at stride 8: columns 2..6 (w = 4), rows 1..3 (h = 2), centre (4, 2); 1/(4wh) = 1/32
+    # pixels x 16..48, y 8..24 at stride 8: the box overlaps columns 2..5 (w = 4) and rows 1..2 (h = 2), centre
+    # (1.5, 3.5) in cell indices; 1/(4wh) = 1/32
     g = _gauss([(16, 8, 48, 24)])[0]
     e = math.exp
-    hand = {(1, 2): 1, (3, 6): 1, (2, 4): 1,  # the box
-            (2, 7): e(-0.5 * (3 / 4) ** 2), (2, 8): e(-0.5), (0, 4): e(-0.5), (4, 4): e(-0.5),  # edge midpoints e^-1/2
-            (0, 0): e(-1), (4, 8): e(-1),  # patch corners e^-1
-            (1, 1): e(-0.5 * (3 / 4) ** 2) * e(-0.5 * (1 / 2) ** 2), (0, 1): e(-0.5 * (3 / 4) ** 2) * e(-0.5)}
+    hand = {(1, 2): 1, (2, 5): 1, (1, 4): 1,  # the box
+            (1, 6): e(-0.5 * (2.5 / 4) ** 2) * e(-0.5 * (0.5 / 2) ** 2), (1, 7): e(-0.5 * (3.5 / 4) ** 2) * e(-0.5 / 16),
+            (0, 3): e(-0.5 * (0.5 / 4) ** 2) * e(-0.5 * (1.5 / 2) ** 2), (3, 4): e(-0.5 / 64) * e(-0.5 * (3 / 4) ** 2),
+            (0, 0): e(-0.5 * (3.5 / 4) ** 2) * e(-0.5 * (3 / 4) ** 2), (3, 7): e(-0.5 * (3.5 / 4) ** 2) * e(-9 / 32)}
     for (i, j), v in hand.items():
         assert g[i, j].item() == pytest.approx(v / 32, rel=1e-6), (i, j)
     outside = torch.ones(8, 16, dtype=torch.bool)
-    outside[0:5, 0:9] = False  # the patch: rows |i - 2| <= 2, columns |j - 4| <= 4
+    outside[0:4, 0:8] = False  # the patch, 2h x 2w: rows |i - 1.5| <= 2, columns |j - 3.5| <= 4
     assert (g[outside] == 0).all() and (g[~outside] > 0).all()
 
 
 def test_gaussian_mask_peaks_at_the_box_centre():
-    # an off-centre box: columns 3..5, rows 1..3, centre (4, 2); the map's centre is (7.5, 3.5). The released code puts
-    # the patch centre at (hmin + hmax) - H/2 = 0 and (wmin + wmax) - W/2 = 0, i.e. at the top-left corner.
+    # an off-centre box, pixels x 24..40, y 8..24 at stride 8: it overlaps columns 3..4 and rows 1..2; its centre,
+    # pixel (32, 16), is cell index (16 / 8 - 0.5, 32 / 8 - 0.5) = (1.5, 3.5); the map's centre is (3.5, 7.5). The
+    # released code puts the patch centre at (hmin + hmax) - H/2 = -1 and (wmin + wmax) - W/2 = -1, off the map. Until
+    # 2026-11-30 this port marked FGD's inclusive extents (columns 3..5, rows 1..3), half a cell right of and below
+    # the box.
     g = _gauss([(24, 8, 40, 24)])[0]
     peak = {tuple(x) for x in (g == g.max()).nonzero().tolist()}
-    assert peak == {(i, j) for i in range(1, 4) for j in range(3, 6)}
+    assert peak == {(i, j) for i in range(1, 3) for j in range(3, 5)}
     ii, jj = torch.meshgrid(torch.arange(8.0), torch.arange(16.0), indexing="ij")
-    assert (g * ii).sum() / g.sum() == pytest.approx(2.0) and (g * jj).sum() / g.sum() == pytest.approx(4.0)
+    assert (g * ii).sum() / g.sum() == pytest.approx(1.5) and (g * jj).sum() / g.sum() == pytest.approx(3.5)
     sym = torch.zeros_like(g)
-    sym[0:5, 0:9] = g[0:5, 0:9].flip(0, 1)  # point reflection about (2, 4)
+    sym[0:4, 2:6] = g[0:4, 2:6].flip(0, 1)  # point reflection about (1.5, 3.5)
     assert torch.allclose(sym, g)
 
 
@@ -287,22 +291,22 @@ def _naive_map(f, g, mode):
 
 def _naive_gauss(boxes, bidx, n_img, feat_hw, weights):
     """Per box and cell, in Python floats, from the definition in methods.md §2.3 (centred patch)."""
-    (ih, iw), (h, w) = IMG_HW, feat_hw
+    h, w = feat_hw
     best = [[[(0.0, 0.0)] * w for _ in range(h)] for _ in range(n_img)]
     for k, (cx, cy, bw, bh) in enumerate(boxes.tolist()):
         if not (cx - bw / 2 < 1 and cx + bw / 2 > 0 and cy - bh / 2 < 1 and cy + bh / 2 > 0):
             continue
-        sx, sy = iw / w, ih / h  # strides
-        c0 = min(max(math.floor((cx - bw / 2) * iw / sx), 0), w - 1)
-        c1 = min(max(math.ceil((cx + bw / 2) * iw / sx), 0), w - 1)
-        r0 = min(max(math.floor((cy - bh / 2) * ih / sy), 0), h - 1)
-        r1 = min(max(math.ceil((cy + bh / 2) * ih / sy), 0), h - 1)
-        sw, sh = max(c1 - c0, 1), max(r1 - r0, 1)
-        xc, yc = (c0 + c1) / 2, (r0 + r1) / 2
+        # The box's cells: those whose span [j, j + 1) meets the box's edges in cell units (at least the cell of its
+        # start, for a box of zero width); its centre is their mean index, its size their count.
+        x1, x2, y1, y2 = (cx - bw / 2) * w, (cx + bw / 2) * w, (cy - bh / 2) * h, (cy + bh / 2) * h
+        cols = [j for j in range(w) if j < x2 and j + 1 > x1] or [min(max(math.floor(x1), 0), w - 1)]
+        rows = [i for i in range(h) if i < y2 and i + 1 > y1] or [min(max(math.floor(y1), 0), h - 1)]
+        sw, sh = len(cols), len(rows)
+        xc, yc = sum(cols) / sw, sum(rows) / sh
         wk = 1.0 if weights is None else float(weights[k])
         for i in range(h):
             for j in range(w):
-                if r0 <= i <= r1 and c0 <= j <= c1:
+                if i in rows and j in cols:
                     v = 1.0
                 elif abs(j - xc) <= sw and abs(i - yc) <= sh:
                     v = math.exp(-0.5 * ((j - xc) / sw) ** 2) * math.exp(-0.5 * ((i - yc) / sh) ** 2)

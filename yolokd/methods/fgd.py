@@ -61,17 +61,22 @@ from yolokd.nn.connectors import build_connectors
 from yolokd.nn.gcblock import GcBlock
 
 
-def box_extents(boxes: Tensor, img_hw: tuple[int, int], feat_hw: tuple[int, int]) -> tuple[Tensor, ...]:
-    """Inclusive cell extents of normalised xywh boxes on one level (methods.md §1.2, §6.3).
+def box_extents(boxes: Tensor, img_hw: tuple[int, int], feat_hw: tuple[int, int],
+                inclusive: bool = True) -> tuple[Tensor, ...]:
+    """Cell extents of normalised xywh boxes on one level: floor of the start, ceil of the end (methods.md §1.2, §6.3).
 
     Args:
         boxes: (n, 4) normalised (cx, cy, w, h) of the batch image.
         img_hw: (img_h, img_w) of the batch image tensor.
         feat_hw: (H, W) of the level's feature map.
+        inclusive: FGD's convention (its code marks ``wmin:wmax + 1``): the ceil'd end cell is marked too, one cell
+            past the box on the right and bottom. ``False``: the end is exclusive, so the cells are exactly those the
+            box overlaps (at least one), as BMFI's centred patch needs.
 
     Returns:
         (row_min, row_max, col_min, col_max), each (n,) long: the box covers rows row_min..row_max and columns
-        col_min..col_max inclusive, all clamped to the map.
+        col_min..col_max (inclusive), or row_min..row_max - 1 and col_min..col_max - 1 (``inclusive=False``), all
+        clamped to the map.
     """
     (img_h, img_w), (h, w) = img_hw, feat_hw
     stride_y, stride_x = img_h / h, img_w / w  # from the actual tensor sizes (no pre-padding shape, quirk Q1)
@@ -80,10 +85,11 @@ def box_extents(boxes: Tensor, img_hw: tuple[int, int], feat_hw: tuple[int, int]
     x1, x2 = (cx - bw / 2) / stride_x, (cx + bw / 2) / stride_x
     y1, y2 = (cy - bh / 2) / stride_y, (cy + bh / 2) / stride_y
     col_min = x1.floor().long().clamp(0, w - 1)
-    col_max = x2.ceil().long().clamp(0, w - 1)
     row_min = y1.floor().long().clamp(0, h - 1)
-    row_max = y2.ceil().long().clamp(0, h - 1)
-    return row_min, row_max, col_min, col_max
+    if inclusive:
+        return row_min, y2.ceil().long().clamp(0, h - 1), col_min, x2.ceil().long().clamp(0, w - 1)
+    return (row_min, torch.maximum(y2.ceil().long().clamp(1, h), row_min + 1),
+            col_min, torch.maximum(x2.ceil().long().clamp(1, w), col_min + 1))
 
 
 def inside_image(boxes: Tensor) -> Tensor:

@@ -26,13 +26,15 @@ Spec: ``../shared/docs/methods.md`` §2.2-2.4 and §2.6 (the method, the release
   D = (sqrt(M^T) F^T - sqrt(M^S) phi(F^S))^2; ``gkd_glob`` = lambda_global * FGD's GcBlock relation loss
   sum (R_S(phi(F^S)) - R_T(F^T))^2 (two trainable ``GcBlock`` per level); ``gkd_att`` as in bmfi.
 
-The Gaussian-extended box mask G (§2.3, with the released code's placement bug fixed): a box's inclusive cell extents
-rows r0..r1, columns c0..c1 come from ``fgd.box_extents`` (floor/ceil, clamped), w = c1 - c0 and h = r1 - r0 (the code's
-wmax - wmin), the centre (xc, yc) = ((c0 + c1) / 2, (r0 + r1) / 2) in cell indices. The box cells get 1; the other
-cells of the patch |x - xc| <= w, |y - yc| <= h (2w x 2h, centred on the box) get exp(-1/2 ((x - xc)/w)^2) *
-exp(-1/2 ((y - yc)/h)^2), so e^-1/2 at the patch's edge midpoints and e^-1 at its corners; everything times 1/(4wh).
-The released code writes the patch at twice the box position and crops at H/2, which reflects it about the map centre
-(only centred boxes come out right); here the patch is centred on the box (``test_gaussian_mask_peaks_at_the_box``).
+The Gaussian-extended box mask G (§2.3, with the released code's placement bug fixed): with wmin = floor and wmax = ceil
+of the box's edges in cells (``fgd.box_extents(..., inclusive=False)``, clamped), the box covers the w = wmax - wmin
+columns wmin..wmax - 1 and the h = hmax - hmin rows hmin..hmax - 1 (the cells it overlaps; at least one), centred at
+(xc, yc) = ((wmin + wmax - 1) / 2, (hmin + hmax - 1) / 2) in cell indices, i.e. on the box. The box cells get 1; the
+other cells of the patch |x - xc| <= w, |y - yc| <= h (about 2w x 2h) get exp(-1/2 ((x - xc)/w)^2) *
+exp(-1/2 ((y - yc)/h)^2); everything times 1/(4wh). The released code writes the patch at twice the box position and
+crops at H/2, which reflects it about the map centre (only centred boxes come out right); here the patch is centred on
+the box (``test_gaussian_mask_peaks_at_the_box_centre``). Until 2026-11-30 the box cells here were FGD's inclusive
+wmin..wmax, one cell past the box on the right and bottom, which put G's centre half a cell off the box's.
 
 Decisions on points the spec leaves open (each tested in ``tests/test_gkd.py``):
 
@@ -41,8 +43,8 @@ Decisions on points the spec leaves open (each tested in ``tests/test_gkd.py``):
   convention (Ultralytics sums over the batch and applies gains, §6.2) and the features' scale the model (a
   random-init teacher's P5 is ~1e-10), and a map whose range falls below 1e-7 would collapse to ~0. The result equals
   the spec's wherever max - min >> 1e-7; an all-zero map (zero gradients) stays 0.
-- **Degenerate boxes**: w = 0 or h = 0 (a box within one cell column/row, or clamped onto the border) use 1 instead in
-  the Gaussian's sigma, the patch and 1/(4wh) (methods.md §6.8); boxes with no area inside the image mark nothing.
+- **Degenerate boxes**: a box marks at least the one cell its start lies in (w, h >= 1: no zero sigma or 1/(4wh),
+  methods.md §6.8); boxes with no area inside the image mark nothing.
 - **Overlaps and instance weights**: boxes combine by element-wise max; ``KDBatch.instance_weights`` multiply the
   value of the box that defines G at a cell (``fgd.combine_boxes``, the FGD rule, §6.5), so they scale ``gkd_box``
   and, in ``gmask``, ``gkd_map`` (``object_terms``). The whole-image terms are left to a wrapper's image-level
@@ -122,14 +124,14 @@ def gaussian_box_masks(
     n = boxes.shape[0]
     vals = torch.zeros(n, h * w, device=device)
     if n:
-        r0, r1, c0, c1 = box_extents(boxes, img_hw, feat_hw)
-        bw, bh = (c1 - c0).clamp(min=1).float(), (r1 - r0).clamp(min=1).float()  # guard w = 0 / h = 0
-        dx = torch.arange(w, device=device)[None].float() - (c0 + c1).float()[:, None] / 2  # (n, W) to the centre
-        dy = torch.arange(h, device=device)[None].float() - (r0 + r1).float()[:, None] / 2  # (n, H)
+        r0, r1, c0, c1 = box_extents(boxes, img_hw, feat_hw, inclusive=False)  # cells c0..c1 - 1, r0..r1 - 1
+        bw, bh = (c1 - c0).float(), (r1 - r0).float()  # at least 1
+        dx = torch.arange(w, device=device)[None].float() - (c0 + c1 - 1).float()[:, None] / 2  # (n, W) to the centre
+        dy = torch.arange(h, device=device)[None].float() - (r0 + r1 - 1).float()[:, None] / 2  # (n, H)
         gx = torch.exp(-0.5 * (dx / bw[:, None]) ** 2) * (dx.abs() <= bw[:, None])  # 0 outside the patch
         gy = torch.exp(-0.5 * (dy / bh[:, None]) ** 2) * (dy.abs() <= bh[:, None])
-        in_x = dx.abs() <= (c1 - c0).float()[:, None] / 2  # the box's own cells c0..c1
-        in_y = dy.abs() <= (r1 - r0).float()[:, None] / 2
+        in_x = dx.abs() <= (bw[:, None] - 1) / 2  # the box's own cells c0..c1 - 1
+        in_y = dy.abs() <= (bh[:, None] - 1) / 2
         g = torch.where(in_y[:, :, None] & in_x[:, None, :], 1.0, gy[:, :, None] * gx[:, None, :])
         g = g / (4 * bw * bh)[:, None, None] * inside_image(boxes)[:, None, None]
         vals = g.view(n, h * w)
