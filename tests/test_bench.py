@@ -39,9 +39,12 @@ def test_bench_runs_tabulates_and_resumes(tiny_data, tmp_path):
         for k in ("final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50"):
             assert 0.0 <= float(r[k]) <= 1.0
         assert float(r["s_per_it"]) > 0 and float(r["peak_rss_mib"]) > 100 and r["epochs"] == "1"
-    # The per-run numbers are the Ultralytics run's own results.csv (final epoch).
+    # The per-run numbers are the Ultralytics run's own results.csv (final epoch; the gradient ratio: mean of epochs).
     ul = list(csv.DictReader(open(out / "runs" / "mimic-s0" / "results.csv")))
     assert float(runs[1]["final_mAP50-95"]) == pytest.approx(float(ul[-1]["metrics/mAP50-95(B)"].strip()))
+    grad_ratio = float(runs[1]["kd_det_grad_ratio"])
+    assert grad_ratio == pytest.approx(float(ul[-1]["train/kd_det_grad_ratio"])) and grad_ratio > 0
+    assert float(runs[0]["kd_det_grad_ratio"]) == 0.0  # none: no KD terms
     md = (out / "summary.md").read_text()
     assert "tiny v1" in md and "yolokd bench protocol=tiny methods=none,mimic seeds=0" in md
     main_table = md.split("Paired Δ")[0]

@@ -160,6 +160,28 @@ def test_gkd_map_term_reaches_the_student_neck_and_parameters():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.model[i].parameters()), i
 
 
+def test_criterion_gradient_ratio_equals_separate_backward_passes():
+    # grad_ratio = ||d KD / d theta|| / ||d det / d theta||, measured inside the criterion with the graphs kept; here
+    # from two plain backward passes of the same loss, accumulating into .grad (GKD: its KD terms include the
+    # student's own gradient maps, a second-order graph).
+    teacher, student = _teacher(), _detector(0).train()
+    crit, _ = _criterion(teacher, student)
+    batch = _real_batch()
+    params = [p for p in student.parameters() if p.requires_grad]
+    crit.grad_params = params
+    loss, _ = crit(student(batch["img"]), batch)
+    assert crit.grad_params is None and crit.grad_ratio > 0  # one-shot
+    norms = []
+    for part in (loss[3:].sum(), loss[:3].sum()):
+        student.zero_grad()
+        part.backward(retain_graph=True)
+        norms.append(math.sqrt(sum(float(p.grad.pow(2).sum()) for p in params if p.grad is not None)))
+    assert crit.grad_ratio == pytest.approx(norms[0] / norms[1], rel=1e-4)
+    crit.grad_ratio = -1.0
+    crit(student(batch["img"]), batch)  # not asked again: no new measurement
+    assert crit.grad_ratio == -1.0
+
+
 def test_teacher_parameters_and_bn_buffers_are_bit_identical_after_training_steps():
     teacher, student = _teacher(), _detector(0).train()
     crit, method = _criterion(teacher, student)

@@ -87,6 +87,8 @@ def test_train_end_to_end(tmp_path, tiny_data, method, terms):
         assert 0 < float(rows[-1][f"train/{term}_loss"]) < float("inf"), term
     if terms:
         assert float(rows[-1]["train/kd_det_ratio"]) > 0
+        # the gradient ratio, measured on each epoch's first batch: every method's terms reach the student
+        assert all(0 < float(r["train/kd_det_grad_ratio"]) < float("inf") for r in rows), method
     else:
         assert not any(k.startswith("train/") and k.endswith("_loss") and k.split("/")[1].split("_")[0]
                        not in {"box", "cls", "dfl"} for k in rows[-1])

@@ -12,7 +12,7 @@ from typing import Any, Callable
 #: Per-run columns of results.csv, in order.
 RUN_COLUMNS = ["entry", "method", "seed", "final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50", "best_epoch",
                "epochs", "s_per_it", "s_per_it_p25", "s_per_it_p75", "peak_rss_mib", "cuda_peak_mib", "kd_det_ratio",
-               "wall_s", "jobs", "threads"]
+               "kd_det_grad_ratio", "wall_s", "jobs", "threads"]
 METRICS = ["final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50"]
 NAN = float("nan")
 
@@ -96,6 +96,7 @@ def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: s
         row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rs)
         row["cuda_peak_mib"] = max((r.get("cuda_peak_mib", NAN) for r in rs), default=NAN)
         row["kd_det_ratio"] = _mean_std([r.get("kd_det_ratio", NAN) for r in rs])[0]
+        row["kd_det_grad_ratio"] = _mean_std([r.get("kd_det_grad_ratio", NAN) for r in rs])[0]
         rows.append(row)
     # Deltas are paired by seed (a seed fixes the student's init and the data order in every entry), over the seeds
     # both entries have: mean and sample std of the per-seed differences, and on how many seeds the entry was ahead.

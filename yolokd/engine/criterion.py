@@ -15,6 +15,7 @@ see the non-finite value, and Ultralytics' NaN recovery (a reload of ``last.pt``
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,22 @@ def skip_head(model: nn.Module) -> None:
     head.forward = lambda x: {"feats": list(x)}  # instance attribute: shadows Detect.forward for this copy only
 
 
+def grad_norm_ratio(num: Tensor, den: Tensor, params: list[Tensor]) -> float:
+    """||d num / d params|| / ||d den / d params||, both graphs kept for the training backward that follows.
+
+    0 when ``num`` does not depend on ``params`` (e.g. dropped KD terms), NaN when ``den``'s gradient is zero.
+    """
+
+    def norm(loss: Tensor) -> float:
+        if not loss.requires_grad:
+            return 0.0
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
+
+    d = norm(den)
+    return norm(num) / d if d > 0 else float("nan")
+
+
 class NonFiniteKDError(RuntimeError):
     """The method's distillation terms stayed NaN/Inf for too many consecutive training steps."""
 
@@ -64,6 +81,12 @@ class KDCriterion:
             replaced by zeros); empty when all were finite.
         active: False in the epochs ``close_kd`` trains without distillation: the KD terms are zeros, the teacher
             is not run.
+        grad_params: When set, the next training call also measures ``grad_ratio`` with respect to these parameters
+            (one-shot; the trainer sets the student's at the start of each epoch).
+        grad_ratio: The last measurement: ||d KD / d theta|| / ||d det / d theta|| over ``grad_params``, the share of
+            the student's update the distillation drives (NaN until measured). The loss ratio cannot tell this: an
+            L2-norm term (FKD) has a gradient of about its weight whatever its value, and a term may be large but
+            flat in the student's parameters.
     """
 
     def __init__(self, det: Any, teacher: nn.Module | None, method: KDMethod) -> None:
@@ -75,6 +98,8 @@ class KDCriterion:
         self.plot_to: Path | None = None
         self.dropped: tuple[str, ...] = ()
         self.active = True
+        self.grad_params: list[Tensor] | None = None
+        self.grad_ratio = float("nan")
         needs = method.needs
         self.probe = None
         self.teacher_loss = None
@@ -112,6 +137,9 @@ class KDCriterion:
         buffers = [b.detach().clone() for b in self.method.buffers()]  # BN statistics a non-finite forward may spoil
         kd_loss, kd_items = self.kd_terms(preds, batch, det_loss, getattr(recorder, "outputs", None))
         kd_loss, kd_items = self.drop_nonfinite(kd_loss, kd_items, buffers)
+        if self.grad_params is not None:
+            params, self.grad_params = self.grad_params, None
+            self.grad_ratio = grad_norm_ratio(kd_loss.sum(), det_loss.sum(), params)
         return torch.cat([det_loss, kd_loss.to(det_loss.dtype)]), {**items, **kd_items}
 
     def drop_nonfinite(

@@ -50,6 +50,7 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 #: Column of results.csv with the epoch's mean KD loss divided by its mean detection loss.
 RATIO_KEY = "train/kd_det_ratio"
+GRAD_RATIO_KEY = "train/kd_det_grad_ratio"  # ||grad KD|| / ||grad det|| on the student, epoch's first batch
 #: What Ultralytics writes into a run folder during set-up; a folder holding only these is removed if set-up fails.
 SETUP_FILES = frozenset({"args.yaml", "labels.jpg", "labels_correlogram.jpg"})
 #: Column of results.csv with the number of the epoch's training steps whose KD terms were NaN/Inf (and dropped).
@@ -107,7 +108,8 @@ class KDTrainer(DetectionTrainer):
                     f"close_kd < epochs (e.g. close_kd={max(1, self.args.epochs // 4)}), or method=none for no "
                     f"distillation")
             for event, fn in (("on_train_epoch_start", _plot_method_maps), ("on_train_epoch_start", _reset_nonfinite),
-                              ("on_train_epoch_start", _close_kd), ("on_train_batch_end", _count_nonfinite)):
+                              ("on_train_epoch_start", _close_kd), ("on_train_epoch_start", _measure_grad_ratio),
+                              ("on_train_batch_end", _count_nonfinite)):
                 if fn not in self.callbacks[event]:  # a DDP relaunch brings them along
                     self.add_callback(event, fn)
             self._prepare_teacher()
@@ -400,17 +402,20 @@ class KDTrainer(DetectionTrainer):
         return recovered
 
     def save_metrics(self, metrics):
-        """Add the epoch's KD:detection loss ratio to results.csv and the log, so the KD weight can be judged, and the
-        method's own epoch statistics (``KDMethod.epoch_stats``: AID's ``aid/w_mean``, ``aid/w_min``, ``aid/w_max``),
+        """Add the epoch's KD:detection loss ratio and gradient ratio (``_measure_grad_ratio``) to results.csv and the
+        log, so the KD weight can be judged, and the method's own epoch statistics (``KDMethod.epoch_stats``: AID's ``aid/w_mean``, ``aid/w_min``, ``aid/w_max``),
         and the number of steps whose NaN/Inf KD terms were dropped (``kd/nonfinite_steps``; a warning when not 0)."""
         if self.tloss:
             kd_names = {f"{t}_loss" for t in (self.method.term_names if self.method else ())}
             kd = sum(float(v) for k, v in self.tloss.items() if k in kd_names)
             det = sum(float(v) for k, v in self.tloss.items() if k not in kd_names)
             ratio = kd / det if det > 0 else math.nan
-            metrics = {**metrics, RATIO_KEY: ratio}
+            criterion = getattr(unwrap_model(self.model), "criterion", None)
+            grad_ratio = (criterion.grad_ratio if isinstance(criterion, KDCriterion) else math.nan) if kd_names else 0.0
+            metrics = {**metrics, RATIO_KEY: ratio, GRAD_RATIO_KEY: grad_ratio}
             if kd_names:
-                LOGGER.info(f"yolokd: epoch {self.epoch + 1} KD/detection loss = {kd:.4g}/{det:.4g} = {ratio:.3g}"
+                LOGGER.info(f"yolokd: epoch {self.epoch + 1} KD/detection loss = {kd:.4g}/{det:.4g} = {ratio:.3g}, "
+                            f"gradient on the student {grad_ratio:.3g} x the detection loss's"
                             + ("  (far from 0.1-1: consider changing the method's weight)"
                                if not 0.01 <= ratio <= 10 else ""))
         if self.method is not None:
@@ -453,6 +458,20 @@ def _close_kd(trainer: KDTrainer) -> None:
     if criterion.active and not active and RANK in {-1, 0}:
         LOGGER.info(f"yolokd: closing distillation for the final {trainer.kd.close_kd} epochs (close_kd)")
     criterion.active = active
+
+
+def _measure_grad_ratio(trainer: KDTrainer) -> None:
+    """Have the criterion measure the KD:detection gradient ratio on the student on the epoch's first batch.
+
+    Two extra backward passes once an epoch. Single-process training only: under DDP a partial ``autograd.grad``
+    through the wrapped model would run outside DDP's gradient reduction, so the column stays NaN there.
+    """
+    criterion = getattr(unwrap_model(trainer.model), "criterion", None)
+    if not isinstance(criterion, KDCriterion):
+        return
+    criterion.grad_ratio = float("nan")
+    if trainer.world_size <= 1 and criterion.active and criterion.term_names:
+        criterion.grad_params = [p for p in unwrap_model(trainer.model).parameters() if p.requires_grad]
 
 
 def _reset_nonfinite(trainer: KDTrainer) -> None:
