@@ -46,6 +46,21 @@ def test_box_extents_are_inclusive_floor_ceil_of_the_stride_mapped_box():
     assert (fg[0] > 0).nonzero().tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
 
 
+def test_exclusive_box_extents_are_the_cells_a_box_overlaps():
+    from yolokd.methods.fgd import box_extents
+
+    # (x1, y1, x2, y2) pixels at stride 8 on the 8x16 map -> (r0, r1, c0, c1), ends exclusive
+    cases = {(8, 8, 24, 16): (1, 2, 1, 3),        # on cell edges: cells 1..2 and row 1, no extra cell past the box
+             (10, 4, 30, 20): (0, 3, 1, 4),       # inside cells: floor .. ceil
+             (12, 12, 12, 12): (1, 2, 1, 2),      # zero size inside a cell: that cell
+             (16, 16, 16, 16): (2, 3, 2, 3),      # zero size on a cell corner: the cell it starts in
+             (120, 60, 140, 70): (7, 8, 15, 16),  # past the bottom-right: clamped to the map's end, 8 and 16
+             (-20, -9, 12, 4): (0, 1, 0, 2)}      # past the top-left: from 0
+    boxes = torch.tensor([_xywh(*b) for b in cases], dtype=torch.float32)
+    got = torch.stack(box_extents(boxes, IMG_HW, (8, 16), inclusive=False), 1).tolist()
+    assert [tuple(g) for g in got] == list(cases.values())
+
+
 def test_boxes_outside_the_map_are_clamped():
     fg, bg = _masks([(-20, -9, 12, 4), (120, 60, 140, 70)], [0, 0])  # top-left overhang, bottom-right overhang
     cells = {(i, j) for i in range(8) for j in range(16) if fg[0, i, j] > 0}

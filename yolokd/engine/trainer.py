@@ -403,8 +403,9 @@ class KDTrainer(DetectionTrainer):
 
     def save_metrics(self, metrics):
         """Add the epoch's KD:detection loss ratio and gradient ratio (``_measure_grad_ratio``) to results.csv and the
-        log, so the KD weight can be judged, and the method's own epoch statistics (``KDMethod.epoch_stats``: AID's ``aid/w_mean``, ``aid/w_min``, ``aid/w_max``),
-        and the number of steps whose NaN/Inf KD terms were dropped (``kd/nonfinite_steps``; a warning when not 0)."""
+        log, so the KD weight can be judged, and the method's own epoch statistics (``KDMethod.epoch_stats``: AID's
+        ``aid/w_mean``, ``aid/w_min``, ``aid/w_max``), and the number of steps whose NaN/Inf KD terms were dropped
+        (``kd/nonfinite_steps``; a warning when not 0)."""
         if self.tloss:
             kd_names = {f"{t}_loss" for t in (self.method.term_names if self.method else ())}
             kd = sum(float(v) for k, v in self.tloss.items() if k in kd_names)
