@@ -294,6 +294,38 @@ def test_a_redefined_variant_does_not_reuse_the_old_result(tmp_path):
         _Job(run, {**same, "args": {"lr0": 1e-4, "warmup_bias_lr": 0.0}}).finished_result()
 
 
+def test_a_fixed_method_does_not_reuse_results_of_its_old_code(tmp_path):
+    """A run records the code revision of each part of its method; a run of an older revision is refused."""
+    import json
+
+    from yolokd.bench.protocol import ProtocolError, entries, load_protocol
+    from yolokd.bench.runner import _Job
+    from yolokd.methods import method_revisions
+
+    assert method_revisions("gkd") == {"gkd": 2}  # the BMFI mask fix of 2026-11-30
+    assert method_revisions("gkd+aid") == {"gkd": 2, "aid": 1} and method_revisions("aid") == {"fkd": 1, "aid": 1}
+    ents = entries(load_protocol("synthetic"), ["gkd", "fgd+aid"])
+    assert ents["gkd"]["revision"] == {"gkd": 2} and ents["fgd+aid"]["revision"] == {"fgd": 1, "aid": 1}
+    spec = {"kind": "train", "method": "gkd", "args": {}, "revision": {"gkd": 2}}
+    for name, recorded, reused in (("new", {"gkd": 2}, True), ("old", {"gkd": 1}, False), ("unrecorded", None, False)):
+        run = tmp_path / name
+        run.mkdir()
+        job = {"kind": "train", "method": "gkd", "args": {}} | ({"revision": recorded} if recorded else {})
+        (run / "job.json").write_text(json.dumps(job))
+        (run / "result.json").write_text(json.dumps({"final_mAP50-95": 0.3}))
+        if reused:
+            assert _Job(run, spec).finished_result() == {"final_mAP50-95": 0.3}
+        else:  # a run without the record ran revision 1, before revisions were recorded
+            with pytest.raises(ProtocolError, match=r"revision \{'gkd': 1\}.*now at \{'gkd': 2\}.*delete"):
+                _Job(run, spec).finished_result()
+    # a method still at revision 1 reuses the runs made before revisions were recorded
+    run = tmp_path / "fgd-old"
+    run.mkdir()
+    (run / "job.json").write_text(json.dumps({"kind": "train", "method": "fgd", "args": {}}))
+    (run / "result.json").write_text(json.dumps({"final_mAP50-95": 0.3}))
+    assert _Job(run, {"kind": "train", "method": "fgd", "args": {}, "revision": {"fgd": 1}}).finished_result()
+
+
 def test_retuned_method_defaults_do_not_reuse_the_old_result(tmp_path, monkeypatch):
     """A run records its method's resolved hyperparameters; changed cfg defaults are refused, not silently reused."""
     import json

@@ -132,13 +132,13 @@ def recipe_hash(r: dict[str, Any]) -> str:
 
 
 def entries(proto: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Each requested entry -> {method, args, hparams}: a method (or a composed one, ``fgd+aid``), or a variant of the
+    """Each requested entry -> {method, args, hparams, revision}: a method (or a composed one, ``fgd+aid``), or a variant of the
     protocol.
 
     ``args`` are the variant's extra settings as written (train arguments and method hyperparameters); ``hparams`` are
     the method's resolved hyperparameters.
     """
-    from yolokd.methods import canonical_name, get_method, is_hyperparameter, resolve_hparams
+    from yolokd.methods import canonical_name, get_method, is_hyperparameter, method_revisions, resolve_hparams
 
     def method_of(name: Any) -> str | None:
         """The canonical method name, or None when ``name`` is not a method or a valid combination."""
@@ -171,4 +171,5 @@ def entries(proto: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]
         m = out[n]
         m["hparams"] = resolve_hparams(m["method"], {k: v for k, v in m["args"].items()
                                                      if is_hyperparameter(m["method"], k)})
+        m["revision"] = method_revisions(m["method"])  # and the code's revision of each part, for the same reason
     return out

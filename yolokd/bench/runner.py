@@ -104,10 +104,18 @@ class _Job:
         # result. A run is its method, its resolved hyperparameters and its training arguments: how a variant spells
         # the hyperparameters (written out, or left to defaults that now say the same) does not matter. Runs written
         # before hyperparameters were recorded carry no "hparams" and are checked on method and args as written.
-        for k in ("method", "args", "hparams"):
+        for k in ("method", "args", "hparams", "revision"):
             if k not in self.spec or (k == "hparams" and k not in old):
                 continue
             was, now = old.get(k), self.spec[k]
+            if k == "revision":  # runs written before revisions were recorded ran revision 1 of every part
+                was = was or {part: 1 for part in now}
+                if was != now:
+                    raise ProtocolError(
+                        f"{self.name} was run with revision {was} of the method's code, which is now at {now} (a fix "
+                        f"that changes its results at the same hyperparameters; see the method's module): delete "
+                        f"{self.folder} to run it again (docs/bench keeps the old numbers)")
+                continue
             if k == "args" and "hparams" in old and "hparams" in self.spec:
                 was, now = (_train_args(self.spec["method"], a or {}) for a in (was, now))
             if was != now:
@@ -263,8 +271,8 @@ def run_bench(protocol: str | dict[str, Any] = "synthetic", methods: list[str] |
         for name, e in ents.items():
             folder = out / "runs" / f"{name}-s{s}"
             spec = {"kind": "train", "entry": name, "method": e["method"], "args": e["args"], "hparams": e["hparams"],
-                    "seed": s, "data": data, "train": train, "student": student, "teacher_weights": None,
-                    "run_dir": str(folder)}
+                    "revision": e["revision"], "seed": s, "data": data, "train": train, "student": student,
+                    "teacher_weights": None, "run_dir": str(folder)}
             queue.append(_Job(folder, spec, needs_teacher=get_method(e["method"]).uses_teacher))
     results, ran = _run_jobs(queue, slot_list, log)
     return _tabulate(out, proto, rec, h, names, seeds, overrides, results["teacher"], results.get("student-init"), ran,

@@ -35,7 +35,7 @@ _MODIFIERS: tuple[type[KDModifier], ...] = (AID,)
 MODIFIERS: dict[str, type[KDModifier]] = {m.name: m for m in _MODIFIERS}
 
 __all__ = ["METHODS", "MODIFIERS", "KDBatch", "KDMethod", "KDModifier", "build_method", "canonical_name",
-           "get_method", "is_hyperparameter", "method_defaults", "reduce_terms", "resolve_hparams",
+           "get_method", "is_hyperparameter", "method_defaults", "method_revisions", "reduce_terms", "resolve_hparams",
            "resolve_part"]
 
 canonical_name = compose.canonical_name
@@ -55,6 +55,12 @@ def get_method(name: str) -> type[KDMethod]:
         raise ValueError(f"unknown method '{name}'.{hint} Available: {', '.join(METHODS)}; valid forms: "
                          f"{compose.describe_forms()} (see `yolokd methods`).")
     return METHODS[name]
+
+
+def method_revisions(name: str) -> dict[str, int]:
+    """``{part: revision}`` of every method and modifier in ``method=name`` (``KDMethod.revision``)."""
+    parts = compose.parse(canonical_name(str(name))).parts if compose.is_composed(name) else (str(name),)
+    return {p: (METHODS.get(p) or MODIFIERS[p]).revision for p in parts}
 
 
 def method_defaults(name: str) -> dict[str, Any]:

@@ -285,6 +285,9 @@ class KDMethod(nn.Module):
     name: ClassVar[str] = ""
     term_names: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: Raised by a fix that changes what the method computes at the same hyperparameters, so that benchmark runs of
+    #: the old code are refused instead of silently paired with new ones (``yolokd.bench.runner``).
+    revision: ClassVar[int] = 1
     #: False for methods that never look at the teacher (``none``): the trainer then skips the teacher forward.
     uses_teacher: ClassVar[bool] = True
     #: How ``teacher_grads`` / ``student_grads`` are computed, for methods that declare them (instance attribute).
@@ -370,6 +373,7 @@ class KDModifier(nn.Module):
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
+    revision: ClassVar[int] = 1  # as KDMethod.revision
     base: ClassVar[str | None] = None
     stats_names: ClassVar[tuple[str, ...]] = ()
 

@@ -142,6 +142,7 @@ class GKD(KDMethod):
     """Gradient-guided map imitation, with optional BMFI (Gaussian box, attention and global feature imitation)."""
 
     name = "gkd"
+    revision = 2  # 2026-11-30: BMFI's Gaussian box mask centred on the box (revision 1: half a cell right and below)
     term_names = ("gkd_map", "gkd_box", "gkd_att", "gkd_glob")
     needs = frozenset({"teacher_grads", "student_grads"})
 
