@@ -465,7 +465,8 @@ def _measure_grad_ratio(trainer: KDTrainer) -> None:
     """Have the criterion measure the KD:detection gradient ratio on the student on the epoch's first batch.
 
     Two extra backward passes once an epoch. Single-process training only: under DDP a partial ``autograd.grad``
-    through the wrapped model would run outside DDP's gradient reduction, so the column stays NaN there.
+    through the wrapped model would run outside DDP's gradient reduction, so the column stays NaN there. Under AMP the
+    two gradients are taken unscaled, so tiny fp16 ones may underflow: a diagnostic, not an input to training.
     """
     criterion = getattr(unwrap_model(trainer.model), "criterion", None)
     if not isinstance(criterion, KDCriterion):
