@@ -33,7 +33,7 @@ def ratios(row: str, teacher: str, student: str, data: str, imgsz: int, batch: i
     """{term: mean gradient ratio, "total": ..., "loss_ratio": ...} of one method row over the first batches."""
     import torch
 
-    from yolokd.engine.criterion import grad_norm_ratio
+    from yolokd.engine.criterion import grad_norm
     from yolokd.engine.trainer import KDTrainer
 
     method, hparams = parse_row(row)
@@ -51,9 +51,10 @@ def ratios(row: str, teacher: str, student: str, data: str, imgsz: int, batch: i
             break
         loss, _ = tr.model(tr.preprocess_batch(b))
         det = loss[:3].sum()
+        d = grad_norm(det, params)  # once per batch: every term's ratio shares it
         for j, t in enumerate(names):
-            sums[t] = sums.get(t, 0.0) + grad_norm_ratio(loss[3 + j], det, params)
-        sums["total"] = sums.get("total", 0.0) + grad_norm_ratio(loss[3:].sum(), det, params)
+            sums[t] = sums.get(t, 0.0) + grad_norm(loss[3 + j], params) / d
+        sums["total"] = sums.get("total", 0.0) + grad_norm(loss[3:].sum(), params) / d
         sums["loss_ratio"] = sums.get("loss_ratio", 0.0) + float(loss[3:].sum() / det)
     n = min(n_batches, len(tr.train_loader))
     return {k: v / n for k, v in sums.items()}

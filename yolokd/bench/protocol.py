@@ -132,8 +132,8 @@ def recipe_hash(r: dict[str, Any]) -> str:
 
 
 def entries(proto: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Each requested entry -> {method, args, hparams, revision}: a method (or a composed one, ``fgd+aid``), or a variant of the
-    protocol.
+    """Each requested entry -> {method, args, hparams, revision}: a method (or a composed one, ``fgd+aid``), or a
+    variant of the protocol.
 
     ``args`` are the variant's extra settings as written (train arguments and method hyperparameters); ``hparams`` are
     the method's resolved hyperparameters.

@@ -17,7 +17,8 @@ METRICS = ["final_mAP50-95", "final_mAP50", "best_mAP50-95", "best_mAP50"]
 NAN = float("nan")
 
 
-def _mean_std(vals: list[float]) -> tuple[float, float]:
+def mean_std(vals: list[float]) -> tuple[float, float]:
+    """Mean and sample std of the values that are not NaN (NaN when none; no std from one)."""
     vals = [v for v in vals if v == v]
     if not vals:
         return NAN, NAN
@@ -26,7 +27,7 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
 
 def paired(diffs: list[float]) -> tuple[float, float, str]:
     """Per-seed differences to a reference entry -> (mean, sample std, "k/n": ahead on k of n seeds)."""
-    mean, std = _mean_std(diffs)
+    mean, std = mean_std(diffs)
     return mean, std, f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if diffs else ""
 
 
@@ -90,13 +91,13 @@ def summarise(runs: list[dict[str, Any]], teacher: dict[str, float], headline: s
         row: dict[str, Any] = {"entry": e, "method": rs[0]["method"], "n_seeds": len(rs),
                                "seeds": " ".join(str(r["seed"]) for r in rs)}
         for m in METRICS:
-            row[m], row[m + "_std"] = _mean_std([r[m] for r in rs])
+            row[m], row[m + "_std"] = mean_std([r[m] for r in rs])
         row["s_per_it"] = statistics.median(r["s_per_it"] for r in rs)
         row["jobs"] = max(int(r.get("jobs", 1) or 1) for r in rs)  # >1: timed while other jobs shared the machine
         row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rs)
         row["cuda_peak_mib"] = max((r.get("cuda_peak_mib", NAN) for r in rs), default=NAN)
-        row["kd_det_ratio"] = _mean_std([r.get("kd_det_ratio", NAN) for r in rs])[0]
-        row["kd_det_grad_ratio"] = _mean_std([r.get("kd_det_grad_ratio", NAN) for r in rs])[0]
+        row["kd_det_ratio"] = mean_std([r.get("kd_det_ratio", NAN) for r in rs])[0]
+        row["kd_det_grad_ratio"] = mean_std([r.get("kd_det_grad_ratio", NAN) for r in rs])[0]
         rows.append(row)
     # Deltas are paired by seed (a seed fixes the student's init and the data order in every entry), over the seeds
     # both entries have: mean and sample std of the per-seed differences, and on how many seeds the entry was ahead.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import resource
 import shutil
@@ -18,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from yolokd.bench.report import mean_std
 
 #: Iterations left out of the speed figure: the first ones pay for allocator warm-up and lazy initialisation.
 SKIP_ITERS = 3
@@ -196,17 +197,12 @@ def job_train(job: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": int(rows[best_i]["epoch"]), "epochs": len(rows),
         "kd_det_ratio": final.get("train/kd_det_ratio", float("nan")),
         # the KD:detection gradient ratio on the student, one batch an epoch: mean over the epochs
-        "kd_det_grad_ratio": _mean_finite([r.get("train/kd_det_grad_ratio", float("nan")) for r in rows]),
+        "kd_det_grad_ratio": mean_std([r.get("train/kd_det_grad_ratio", float("nan")) for r in rows])[0],
         "s_per_it": statistics.median(times), "s_per_it_p25": q[0], "s_per_it_p75": q[2], "iters": len(timer.times),
         "wall_s": wall, "weights": str(trainer.best), "threads": torch.get_num_threads(),
         # the final validation of best.pt (the same pass as best_*), per class
         "per_class": per_class(trainer.validator) if trainer.metrics else [],
     }
-
-
-def _mean_finite(vals: list[float]) -> float:
-    vals = [float(v) for v in vals if math.isfinite(float(v))]
-    return statistics.fmean(vals) if vals else float("nan")
 
 
 JOBS = {"teacher": job_teacher, "student_init": job_student_init, "train": job_train}

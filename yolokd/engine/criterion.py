@@ -45,20 +45,19 @@ def skip_head(model: nn.Module) -> None:
     head.forward = lambda x: {"feats": list(x)}  # instance attribute: shadows Detect.forward for this copy only
 
 
+def grad_norm(loss: Tensor, params: list[Tensor]) -> float:
+    """||d loss / d params||, the graph kept for the training backward that follows; 0 when ``loss`` does not depend
+    on ``params`` (e.g. dropped KD terms)."""
+    if not loss.requires_grad:
+        return 0.0
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
+
+
 def grad_norm_ratio(num: Tensor, den: Tensor, params: list[Tensor]) -> float:
-    """||d num / d params|| / ||d den / d params||, both graphs kept for the training backward that follows.
-
-    0 when ``num`` does not depend on ``params`` (e.g. dropped KD terms), NaN when ``den``'s gradient is zero.
-    """
-
-    def norm(loss: Tensor) -> float:
-        if not loss.requires_grad:
-            return 0.0
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
-
-    d = norm(den)
-    return norm(num) / d if d > 0 else float("nan")
+    """||d num / d params|| / ||d den / d params|| (``grad_norm``); NaN when ``den``'s gradient is zero."""
+    d = grad_norm(den, params)
+    return grad_norm(num, params) / d if d > 0 else float("nan")
 
 
 class NonFiniteKDError(RuntimeError):
